@@ -1,0 +1,152 @@
+#!/bin/bash
+# dom0 driver of the Xen test bed: exec'd by /sbin/lab-init (PID 1, no systemd) from the payload disk
+# (/lab), output on hvc0 = QEMU's serial log. Brings up the Xen toolstack by hand, a bridge with no
+# uplink (192.0.2.0/24 exists only inside the VM), two PV guests, runs dom0's own checks, decides the
+# verdict, writes every log to the results disk (/dev/vdc, a tar read by run.sh) and powers off.
+#
+# Protocol (see guest/src/main.rs): XWAY-TEST/XWAY-BENCH/XWAY-INFO lines from the guests' consoles and
+# from dom0's checks; GUEST-RESULT <role> ok=0|1 from each guest's /init; here: LAB-FLAKE <what> for the
+# known emulation flake (run.sh may reboot once for it) and finally `LAB-RESULT: PASS|FAIL <why>`.
+#
+# Extension points, in order of the run:
+#   guest_extra()     kernel args per guest (e.g. xway_expect_ring=1 once the Xen provider exists)
+#   dom0_checks()     checks dom0 runs while the guests run (today: a plain TCP peer against guest A)
+#   REQUIRED          checks that must have PASSed (a check that silently did not run is a FAIL)
+#   (coming) domain-destroyed: `xl destroy xway-a` from dom0_checks() while guest B reads, and expect
+#   the client's check to see EOF/ConnectionReset promptly; peer-killed: a guest role that aborts.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
+. /lab/settings.env
+T0=$(cut -d' ' -f1 /proc/uptime)
+ts() { echo "[dom0 +$(awk -v t0="$T0" '{printf "%.1f", $1-t0}' /proc/uptime)s] $*"; }
+RES=/var/log/xway; CON=/var/log/xen/console
+mkdir -p "$RES"
+DOM0LOG=$RES/dom0-tests.log
+
+SERVER_IP=192.0.2.11; CLIENT_IP=192.0.2.12; DOM0_IP=192.0.2.1; PORT=7000
+# Connections guest A's tcp-server serves: guest B's XwayStream client, guest B's plain peer, dom0's plain peer.
+CONNS=3
+REQUIRED="
+server:dev-evtchn server:dev-gntalloc server:dev-gntdev server:dev-xenbus
+client:dev-evtchn client:dev-gntalloc client:dev-gntdev client:dev-xenbus
+server:listen server:served
+server:echo:xway-client@$CLIENT_IP server:echo:plain-peer@$CLIENT_IP server:echo:plain-peer@$DOM0_IP
+client:connect
+client:xway-client:no-unsolicited-bytes client:xway-client:small-messages client:xway-client:bulk-echo
+client:xway-client:small-after-bulk client:xway-client:ping-pong client:xway-client:half-close
+client:plain-peer:no-unsolicited-bytes client:plain-peer:bulk-echo client:plain-peer:half-close
+dom0:plain-peer:no-unsolicited-bytes dom0:plain-peer:bulk-echo dom0:plain-peer:half-close
+"
+[ "${EXPECT_RING:-0}" = 1 ] && REQUIRED="$REQUIRED client:ring-used"
+
+finish() {
+  local verdict=$1
+  ts "collecting logs"
+  xl list > "$RES/xl-list.txt" 2>&1
+  xl dmesg > "$RES/xen-dmesg.log" 2>&1
+  dmesg > "$RES/dom0-dmesg.log" 2>&1
+  cp /var/log/xen/xl-*.log "$RES/" 2>/dev/null
+  echo "LAB-RESULT: $verdict" > "$RES/verdict"
+  # Results disk: a plain tar on the raw device; run.sh extracts it after QEMU stops.
+  tar -C /var/log -cf /dev/vdc xway xen 2>/dev/null || ts "writing results disk failed"
+  sync
+  ts "LAB-RESULT: $verdict"
+  sync; sleep 1; echo o > /proc/sysrq-trigger; sleep 5; poweroff -f
+}
+
+ts "dom0 userspace up; kernel $(uname -r); flavor $FLAVOR"
+mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp
+mkdir -p /run/xen /run/xenstored /var/lib/xen /var/log/xen/console /var/lib/xenstored
+ln -sfn /run /var/run 2>/dev/null
+for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs xen-netback bridge; do modprobe $m || ts "modprobe $m failed"; done
+mount -t xenfs xenfs /proc/xen || ts "xenfs mount failed"
+xenstored --pid-file /run/xenstored.pid || finish "FAIL xenstored did not start"
+for i in $(seq 50); do [ -S /run/xenstored/socket ] && break; sleep 0.1; done
+xen-init-dom0 || ts "xen-init-dom0 failed"
+xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=$CON || ts "xenconsoled failed"
+xl info | grep -E '^(xen_version|nr_cpus|total_memory|free_memory|xen_commandline)'
+ip link add xenbr0 type bridge && ip addr add $DOM0_IP/24 dev xenbr0 && ip link set xenbr0 up
+ip link set lo up
+
+guest_extra() {  # <role> <ip> <peer>
+  local e="console=hvc0 loglevel=4 xway_role=$1 xway_ip=$2/24 xway_peer=$3 xway_port=$PORT"
+  e="$e xway_conns=$CONNS xway_bytes=${BYTES:-1048576} xway_expect_ring=${EXPECT_RING:-0}"
+  [ -n "${GUEST_LOG:-}" ] && e="$e xway_log=$GUEST_LOG"
+  echo "$e"
+}
+mkcfg() {  # <letter> <role> <ip> <peer> <mac-suffix>
+  cat > /tmp/guest-$1.cfg <<CFG
+name     = "xway-$1"
+type     = "pv"
+kernel   = "/lab/vmlinux"
+ramdisk  = "/lab/guest.cpio.gz"
+extra    = "$(guest_extra "$2" "$3" "$4")"
+memory   = 256
+vcpus    = 1
+vif      = [ "mac=00:16:3e:00:00:$5,bridge=xenbr0" ]
+on_poweroff = "destroy"
+on_crash    = "destroy"
+CFG
+}
+mkcfg a server $SERVER_IP $CLIENT_IP 0a
+mkcfg b client $CLIENT_IP $SERVER_IP 0b
+
+create() {  # one retry in place: the known TCG flake (domain build / XZ decompress) is intermittent
+  ts "xl create xway-$1"
+  xl create /tmp/guest-$1.cfg > "$RES/xl-create-$1.out" 2>&1 && return 0
+  cat "$RES/xl-create-$1.out"
+  ts "LAB-FLAKE-RETRY xl create xway-$1 failed, retrying once"
+  xl destroy xway-$1 2>/dev/null; sleep 2
+  xl create /tmp/guest-$1.cfg > "$RES/xl-create-$1.out" 2>&1 && return 0
+  cat "$RES/xl-create-$1.out"
+  if grep -qE 'unable to XZ decompress kernel|xc_dom_probe_bzimage_kernel|cannot \(re-\)build domain' "$RES/xl-create-$1.out"; then
+    echo "LAB-FLAKE xl-create xway-$1"
+  fi
+  xl destroy xway-a 2>/dev/null; xl destroy xway-b 2>/dev/null
+  finish "FAIL xl create xway-$1"
+}
+create a
+create b
+xl list
+
+dom0_checks() {
+  ts "waiting for guest A's listener"
+  for i in $(seq 240); do grep -aq 'XWAY-READY server' $CON/guest-xway-a.log 2>/dev/null && break; sleep 0.5; done
+  ts "server ready; dom0 plain-peer check"
+  timeout 150 /lab/xway-testbed-guest plain-peer --role dom0 --peer $SERVER_IP:$PORT --bytes "${BYTES:-1048576}" \
+    --deadline 140 > "$DOM0LOG" 2>&1
+  local rc=$?
+  [ $rc = 0 ] || echo "XWAY-TEST dom0 plain-peer-exit FAIL exit status $rc" >> "$DOM0LOG"
+  cat "$DOM0LOG"
+}
+dom0_checks
+
+ts "waiting for guests to finish"
+for i in $(seq ${GUEST_TIMEOUT:-200}); do xl list | grep -q xway- || break; sleep 1; done
+if xl list | grep -q xway-; then
+  echo "XWAY-TEST dom0 guests-finished FAIL still running after ${GUEST_TIMEOUT:-200}s; destroyed" >> "$DOM0LOG"
+  xl destroy xway-a 2>/dev/null; xl destroy xway-b 2>/dev/null
+fi
+ts "guests done"
+
+# Verdict. Console logs of xenconsoled may have CRs.
+for n in a b; do tr -d '\r' < $CON/guest-xway-$n.log > "$RES/guest-xway-$n.log" 2>/dev/null; done
+ALL=$RES/all-results.txt
+cat "$RES/guest-xway-a.log" "$RES/guest-xway-b.log" "$DOM0LOG" 2>/dev/null \
+  | grep -aE '^(XWAY-TEST|XWAY-BENCH|GUEST-RESULT) ' > "$ALL"
+echo "==== RESULTS BEGIN"; cat "$ALL"; echo "==== RESULTS END"
+why=""
+nfail=$(grep -c '^XWAY-TEST [^ ]* [^ ]* FAIL' "$ALL")
+[ "$nfail" = 0 ] || why="$why $nfail-failed-checks"
+for r in server client; do grep -q "^GUEST-RESULT $r ok=1" "$ALL" || why="$why guest-$r-not-ok"; done
+missing=""
+for req in $REQUIRED; do
+  role=${req%%:*} name=${req#*:}
+  grep -qF "XWAY-TEST $role $name PASS" "$ALL" || missing="$missing $req"
+done
+[ -z "$missing" ] || { echo "required checks without PASS:$missing"; why="$why missing:$(echo $missing | tr ' ' ',')"; }
+if [ -z "$why" ]; then
+  finish "PASS $(grep -c '^XWAY-TEST [^ ]* [^ ]* PASS' "$ALL") checks passed (flavor $FLAVOR)"
+else
+  for n in a b; do echo "======== console of xway-$n (tail)"; tail -n 40 "$RES/guest-xway-$n.log"; done
+  finish "FAIL$why"
+fi

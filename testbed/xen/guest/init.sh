@@ -1,0 +1,41 @@
+#!/bin/sh
+# /init of the PV guests' initramfs (busybox). Configured by kernel args (xl `extra=`, written by
+# dom0/driver.sh): xway_role=server|client xway_ip=A.B.C.D/24 xway_peer=IP xway_port=N xway_conns=N
+# xway_bytes=N xway_log=LEVEL xway_expect_ring=0|1.
+# Runs the test binary's subcommands for its role; every line the binary prints goes to the console
+# (xenconsoled's log in dom0). Ends with `GUEST-RESULT <role> ok=<0|1>` and powers off.
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+xway_role=unknown xway_port=7000 xway_conns=1 xway_bytes=1048576 xway_log= xway_expect_ring=0
+for a in $(cat /proc/cmdline); do case $a in xway_*=*) eval "$a";; esac; done
+R=$xway_role
+echo "XWAY-INFO $R guest up: kernel $(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s"
+for m in xen-evtchn xen-gntdev xen-gntalloc xen-netfront; do insmod /lib/modules/$m.ko || echo "XWAY-INFO $R insmod $m failed"; done
+for i in $(seq 50); do [ -c /dev/xen/gntalloc ] && [ -c /dev/xen/gntdev ] && [ -c /dev/xen/evtchn ] && break; sleep 0.1; done
+ip link set lo up
+for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
+ip addr add "$xway_ip" dev eth0 && ip link set eth0 up || echo "XWAY-INFO $R eth0 setup failed"
+[ -n "$xway_log" ] && export XWAY_LOG=$xway_log
+T=/bin/xway-testbed-guest
+ok=1
+# run <check-name> <timeout-s> <subcommand> [args]: a non-zero exit (failed check, panic, timeout) is a FAIL
+run() {
+  name=$1 secs=$2; shift 2
+  timeout "$secs" "$T" "$@" --role "$R"; rc=$?
+  [ $rc = 0 ] || { echo "XWAY-TEST $R $name-exit FAIL exit status $rc"; ok=0; }
+}
+run devices 20 devices
+ring=; [ "$xway_expect_ring" = 1 ] && ring=--expect-ring
+case $R in
+  server)
+    run tcp-server 180 tcp-server --listen 0.0.0.0:$xway_port --conns "$xway_conns" --deadline 170 ;;
+  client)
+    ping -c 1 -W 5 "$xway_peer" >/dev/null 2>&1 || echo "XWAY-INFO $R ping $xway_peer failed (continuing)"
+    run tcp-client 150 tcp-client --peer "$xway_peer:$xway_port" --bytes "$xway_bytes" $ring --deadline 140
+    run plain-peer 150 plain-peer --peer "$xway_peer:$xway_port" --bytes "$xway_bytes" --deadline 140 ;;
+  # Extension points (see README.md): peer-killed / domain-destroyed / bench roles go here.
+  *) echo "XWAY-TEST $R role FAIL unknown role"; ok=0 ;;
+esac
+echo "GUEST-RESULT $R ok=$ok uptime=$(cut -d' ' -f1 /proc/uptime)s"
+sleep 1
+poweroff -f

@@ -1,0 +1,226 @@
+//! Connection configuration.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::ring::layout::{MAX_ORDER, MIN_ORDER};
+
+/// The environment variable that forces every xway connection in the process onto plain TCP
+/// when set to anything but `0` or the empty string. Read once, at first use.
+pub const FORCE_TCP_ENV: &str = "XWAY_FORCE_TCP";
+
+/// Whether xway may, must, or must not use the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Use the ring when the peer is a co-resident xway peer, plain TCP otherwise (default).
+    #[default]
+    Auto,
+    /// Always plain TCP; listeners do not advertise.
+    TcpOnly,
+    /// Only ring connections: `connect` fails with [`std::io::ErrorKind::Unsupported`] when the
+    /// ring cannot be used, and listeners drop (and log) connections that did not set up a ring.
+    RingRequired,
+}
+
+/// Which local users may be the other end of a ring (the local provider checks the peer with
+/// `SO_PEERCRED` on the rendezvous socket).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UidPolicy {
+    /// Only processes running as this process's user (default).
+    #[default]
+    SameUser,
+    /// Only these user ids.
+    Allow(Vec<u32>),
+    /// Any local user. Only for hosts where every local user is trusted with the traffic.
+    AnyUser,
+}
+
+impl UidPolicy {
+    pub(crate) fn allows(&self, uid: u32, own_uid: u32) -> bool {
+        match self {
+            UidPolicy::SameUser => uid == own_uid,
+            UidPolicy::Allow(list) => list.contains(&uid),
+            UidPolicy::AnyUser => true,
+        }
+    }
+}
+
+/// Configuration for [`XwayStream::connect_with`](crate::XwayStream::connect_with) and
+/// [`XwayListener::bind_with`](crate::XwayListener::bind_with).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use xway_tokio::{Mode, XwayConfig};
+///
+/// let config = XwayConfig::builder()
+///     .ring_size(1 << 20)
+///     .rendezvous_timeout(Duration::from_millis(500))
+///     .mode(Mode::Auto)
+///     .build();
+/// assert_eq!(config.ring_size(), 1 << 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XwayConfig {
+    mode: Mode,
+    ring_order: u32,
+    rendezvous_timeout: Duration,
+    uid_policy: UidPolicy,
+}
+
+/// Default bytes per ring direction.
+pub const DEFAULT_RING_SIZE: usize = 1 << 20;
+
+impl Default for XwayConfig {
+    fn default() -> XwayConfig {
+        XwayConfig {
+            mode: Mode::Auto,
+            ring_order: DEFAULT_RING_SIZE.trailing_zeros(),
+            rendezvous_timeout: Duration::from_millis(200),
+            uid_policy: UidPolicy::SameUser,
+        }
+    }
+}
+
+impl XwayConfig {
+    /// Starts a builder from the defaults.
+    pub fn builder() -> XwayConfigBuilder {
+        XwayConfigBuilder {
+            config: XwayConfig::default(),
+        }
+    }
+
+    /// The mode as configured (the environment override is applied separately, see
+    /// [`FORCE_TCP_ENV`]).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Bytes per ring direction. A connection uses `2 * ring_size() + 4 KiB` of shared memory
+    /// (not all of it touched unless traffic needs it).
+    pub fn ring_size(&self) -> usize {
+        1 << self.ring_order
+    }
+
+    pub(crate) fn ring_order(&self) -> u32 {
+        self.ring_order
+    }
+
+    /// How long a client waits for the listener's verdict on its offer before using TCP.
+    pub fn rendezvous_timeout(&self) -> Duration {
+        self.rendezvous_timeout
+    }
+
+    /// Which local users may be the other end of a ring.
+    pub fn uid_policy(&self) -> &UidPolicy {
+        &self.uid_policy
+    }
+
+    /// The mode after the environment override.
+    pub(crate) fn effective_mode(&self) -> EffectiveMode {
+        if self.mode == Mode::TcpOnly {
+            EffectiveMode::TcpByConfig
+        } else if forced_tcp_by_env() {
+            EffectiveMode::TcpByEnv
+        } else {
+            EffectiveMode::Ring {
+                required: self.mode == Mode::RingRequired,
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EffectiveMode {
+    TcpByConfig,
+    TcpByEnv,
+    Ring { required: bool },
+}
+
+fn forced_tcp_by_env() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED
+        .get_or_init(|| std::env::var_os(FORCE_TCP_ENV).is_some_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// Builds an [`XwayConfig`]. See [`XwayConfig::builder`].
+#[derive(Debug, Clone)]
+pub struct XwayConfigBuilder {
+    config: XwayConfig,
+}
+
+impl XwayConfigBuilder {
+    /// Whether the ring may, must, or must not be used. Default: [`Mode::Auto`].
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.config.mode = mode;
+        self
+    }
+
+    /// Bytes per ring direction, rounded up to a power of two and clamped to 4 KiB ..= 16 MiB.
+    /// Default: [`DEFAULT_RING_SIZE`] (1 MiB). Larger rings move bulk data faster (fewer
+    /// sleeps per byte); each connection costs twice this in shared memory. The server uses the
+    /// sizes the client offered.
+    pub fn ring_size(mut self, bytes: usize) -> Self {
+        let order = bytes.max(1).next_power_of_two().trailing_zeros();
+        self.config.ring_order = order.clamp(MIN_ORDER, MAX_ORDER);
+        self
+    }
+
+    /// How long a client waits for the listener's verdict before using TCP. Default: 200 ms.
+    /// A listener that accepts promptly answers in microseconds; the deadline only matters
+    /// when the listening application is slow to call `accept`, or the rendezvous endpoint
+    /// is held by something that is not an xway listener.
+    pub fn rendezvous_timeout(mut self, timeout: Duration) -> Self {
+        self.config.rendezvous_timeout = timeout;
+        self
+    }
+
+    /// Which local users may be the other end of a ring. Default: [`UidPolicy::SameUser`].
+    pub fn uid_policy(mut self, policy: UidPolicy) -> Self {
+        self.config.uid_policy = policy;
+        self
+    }
+
+    /// Finishes the configuration.
+    pub fn build(self) -> XwayConfig {
+        self.config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_size_rounds_up_and_clamps() {
+        assert_eq!(
+            XwayConfig::builder().ring_size(5000).build().ring_size(),
+            8192
+        );
+        assert_eq!(XwayConfig::builder().ring_size(1).build().ring_size(), 4096);
+        assert_eq!(
+            XwayConfig::builder()
+                .ring_size(usize::MAX / 2)
+                .build()
+                .ring_size(),
+            16 << 20
+        );
+    }
+
+    #[test]
+    fn uid_policy_decides_by_uid() {
+        assert!(UidPolicy::SameUser.allows(7, 7));
+        assert!(!UidPolicy::SameUser.allows(8, 7));
+        assert!(UidPolicy::Allow(vec![8]).allows(8, 7));
+        assert!(UidPolicy::AnyUser.allows(0, 7));
+    }
+
+    #[test]
+    fn tcp_only_mode_wins_over_everything() {
+        let c = XwayConfig::builder().mode(Mode::TcpOnly).build();
+        assert_eq!(c.effective_mode(), EffectiveMode::TcpByConfig);
+    }
+}

@@ -1,0 +1,435 @@
+//! The local provider: two processes on one Linux kernel, in one network namespace.
+//!
+//! - **Region**: a sealed `memfd` (it cannot shrink, so a mapping can never fault).
+//! - **Doorbells**: one `eventfd` per side, registered with tokio through [`AsyncFd`].
+//! - **Rendezvous**: a listener bound to `ip:port` listens on the abstract Unix socket
+//!   `xway/1/<ip>/<port>` (abstract names live in the network namespace, like the TCP port).
+//!   A client connecting to `ip:port` looks for that name, checks the listener's user with
+//!   `SO_PEERCRED`, and sends its offer with the memfd and both eventfds (`SCM_RIGHTS`)
+//!   *before* its TCP SYN. When the server accepts the TCP connection, the offer is therefore
+//!   already queued on the rendezvous socket; the server drains it without waiting.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+
+use super::Doorbell;
+use crate::config::UidPolicy;
+use crate::ring::layout::{canonical, Header, Layout, HEADER_LEN, STATE_OFFSET};
+use crate::ring::{layout::state, Region};
+use crate::setup::wire::{Offer, OFFER_LEN};
+use crate::sys;
+use crate::transport::FallbackReason;
+
+/// How long an offer waits on the listener side for its TCP connection.
+const OFFER_TTL: Duration = Duration::from_secs(10);
+/// At most this many offers (3 descriptors each) wait for their TCP connection; the oldest go
+/// first. Bounds what a flood of offers can cost the listener.
+const MAX_PENDING_OFFERS: usize = 256;
+/// At most this many rendezvous connections wait for their offer bytes.
+const MAX_PENDING_CONNS: usize = 64;
+
+/// The rendezvous name of a listener bound to `addr`.
+fn rendezvous_name(ip: IpAddr, port: u16) -> Vec<u8> {
+    format!("xway/1/{}/{}", ip.to_canonical(), port).into_bytes()
+}
+
+/// An eventfd doorbell: ours, registered with tokio, and the peer's, which we signal.
+#[derive(Debug)]
+pub(crate) struct EventFdDoorbell {
+    own: AsyncFd<OwnedFd>,
+    peer: OwnedFd,
+}
+
+impl EventFdDoorbell {
+    /// Registers `own` with the current tokio runtime. Must be called within a runtime.
+    fn new(own: OwnedFd, peer: OwnedFd) -> io::Result<EventFdDoorbell> {
+        // The eventfd counter is never read: mio registers descriptors edge-triggered and every
+        // eventfd write produces a new edge, so readiness is cleared explicitly instead, after
+        // the ring was found empty. That saves a syscall per wake-up.
+        let own = sys::register_readable(own)?;
+        Ok(EventFdDoorbell { own, peer })
+    }
+}
+
+impl Doorbell for EventFdDoorbell {
+    fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.own.poll_read_ready(cx) {
+            Poll::Ready(Ok(mut guard)) => {
+                // Clears only the readiness observed by this guard: a ring after this point
+                // raises a new edge and readiness again.
+                guard.clear_ready();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn ring_peer(&self) -> io::Result<()> {
+        sys::eventfd_signal(self.peer.as_fd())
+    }
+}
+
+// ---- listener side ---------------------------------------------------------------------------
+
+/// An offer received on the rendezvous socket, waiting for its TCP connection.
+#[derive(Debug)]
+pub(crate) struct ReceivedOffer {
+    pub(crate) offer: Offer,
+    fds: Vec<OwnedFd>,
+    received: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Rendezvous connections whose offer has not arrived (yet).
+    conns: Vec<(OwnedFd, Instant)>,
+    /// Offers by (client, server) address as each side sees them, canonicalised.
+    offers: HashMap<(SocketAddr, SocketAddr), ReceivedOffer>,
+}
+
+/// A listener's advertisement: the abstract socket clients send offers to.
+#[derive(Debug)]
+pub(crate) struct Advertisement {
+    socket: OwnedFd,
+    name: String,
+    uid_policy: UidPolicy,
+    pending: Mutex<Pending>,
+}
+
+impl Advertisement {
+    /// Advertises a listener bound to `local`. Fails with `AddrInUse` if another process holds
+    /// the name (another listener on the same address with `SO_REUSEPORT`, or a squatter).
+    pub(crate) fn bind(local: SocketAddr, uid_policy: UidPolicy) -> io::Result<Advertisement> {
+        let name = rendezvous_name(local.ip(), local.port());
+        let socket = sys::listen_abstract(&name)?;
+        Ok(Advertisement {
+            socket,
+            name: String::from_utf8_lossy(&name).into_owned(),
+            uid_policy,
+            pending: Mutex::new(Pending::default()),
+        })
+    }
+
+    /// The abstract socket name, for diagnostics.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Takes the offer made for the TCP connection `client -> server`, if any. Never blocks:
+    /// an offer is sent before its TCP SYN, so when the connection is accepted the offer is
+    /// already queued.
+    pub(crate) fn take_offer(
+        &self,
+        client: SocketAddr,
+        server: SocketAddr,
+        now: Instant,
+    ) -> Option<ReceivedOffer> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.drain(&mut pending, now);
+        pending
+            .offers
+            .remove(&(canonical(client), canonical(server)))
+    }
+
+    fn drain(&self, p: &mut Pending, now: Instant) {
+        let own_uid = sys::current_uid();
+        loop {
+            match sys::accept_nonblocking(self.socket.as_fd()) {
+                Ok(conn) => match sys::peer_cred(conn.as_fd()) {
+                    Ok(cred) if self.uid_policy.allows(cred.uid, own_uid) => {
+                        if p.conns.len() >= MAX_PENDING_CONNS {
+                            p.conns.remove(0);
+                        }
+                        p.conns.push((conn, now));
+                    }
+                    Ok(cred) => {
+                        tracing::debug!(
+                            uid = cred.uid,
+                            pid = cred.pid,
+                            "xway: offer from a user the policy rejects, dropped"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "xway: SO_PEERCRED failed, offer dropped")
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: the offer stays queued; its client falls back to
+                    // TCP at its deadline (invariant I5).
+                    tracing::debug!(error = %e, "xway: cannot accept rendezvous connection");
+                    break;
+                }
+            }
+        }
+        let mut i = 0;
+        while i < p.conns.len() {
+            let mut buf = [0u8; OFFER_LEN + 1];
+            let done = match sys::recv_with_fds(p.conns[i].0.as_fd(), &mut buf) {
+                Ok((n, fds)) => {
+                    match Offer::decode(&buf[..n]) {
+                        Ok(offer) if fds.len() == 3 => {
+                            if p.offers.len() >= MAX_PENDING_OFFERS {
+                                evict_oldest(&mut p.offers);
+                            }
+                            let key = (canonical(offer.client), canonical(offer.server));
+                            p.offers.insert(
+                                key,
+                                ReceivedOffer {
+                                    offer,
+                                    fds,
+                                    received: now,
+                                },
+                            );
+                        }
+                        Ok(_) => tracing::debug!(
+                            fds = fds.len(),
+                            "xway: offer with wrong descriptor count, dropped"
+                        ),
+                        Err(e) => tracing::debug!(error = %e, "xway: malformed offer, dropped"),
+                    }
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    now.duration_since(p.conns[i].1) > OFFER_TTL
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "xway: rendezvous receive failed");
+                    true
+                }
+            };
+            if done {
+                p.conns.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        p.offers
+            .retain(|_, o| now.duration_since(o.received) <= OFFER_TTL);
+    }
+}
+
+fn evict_oldest(offers: &mut HashMap<(SocketAddr, SocketAddr), ReceivedOffer>) {
+    if let Some(key) = offers
+        .iter()
+        .min_by_key(|(_, o)| o.received)
+        .map(|(k, _)| *k)
+    {
+        offers.remove(&key);
+    }
+}
+
+/// What the server makes of an offer.
+#[derive(Debug)]
+pub(crate) enum Opened {
+    /// Valid and ready; the caller claims it and sends the accept verdict.
+    Ready {
+        region: Region,
+        doorbell: EventFdDoorbell,
+    },
+    /// Mapped but unusable: the caller declines it (the region is needed to do so safely).
+    Decline {
+        region: Region,
+        reason: crate::setup::wire::DeclineReason,
+        detail: String,
+    },
+    /// Not even mappable: the caller stays silent and uses TCP.
+    Unusable(FallbackReason),
+}
+
+/// Validates and maps an offer for the accepted connection `client -> server`.
+pub(crate) fn open_offer(received: ReceivedOffer) -> Opened {
+    use crate::setup::wire::DeclineReason;
+    let ReceivedOffer { offer, fds, .. } = received;
+    let [memfd, client_bell, server_bell]: [OwnedFd; 3] = match fds.try_into() {
+        Ok(fds) => fds,
+        Err(_) => return Opened::Unusable(invalid("wrong number of descriptors")),
+    };
+    let len = offer.layout.region_len();
+    if let Err(e) = sys::check_sealed_memfd(memfd.as_fd(), len) {
+        return Opened::Unusable(invalid(&e.to_string()));
+    }
+    let mapping = match sys::Mapping::map_sealed(memfd.as_fd(), len) {
+        Ok(m) => m,
+        Err(e) => {
+            return Opened::Unusable(FallbackReason::SetupFailed {
+                error: format!("mmap of ring: {e}"),
+            })
+        }
+    };
+    let region = Region::new(Arc::new(mapping));
+    let mut header = [0u8; HEADER_LEN];
+    region.read_bytes(0, crate::ring::as_uninit(&mut header));
+    let expected = Header {
+        layout: offer.layout,
+        nonce: offer.nonce,
+        client: offer.client,
+        server: offer.server,
+    };
+    match Header::decode(&header) {
+        Ok(h) if h == expected => {}
+        Ok(_) => {
+            return decline(
+                region,
+                DeclineReason::InvalidRegion,
+                "region header does not match the offer",
+            )
+        }
+        Err(e) => return decline(region, DeclineReason::InvalidRegion, &e.to_string()),
+    }
+    if !sys::is_eventfd(client_bell.as_fd()) || !sys::is_eventfd(server_bell.as_fd()) {
+        return decline(
+            region,
+            DeclineReason::InvalidRegion,
+            "doorbell is not an eventfd",
+        );
+    }
+    match EventFdDoorbell::new(server_bell, client_bell) {
+        Ok(doorbell) => Opened::Ready { region, doorbell },
+        Err(e) => decline(
+            region,
+            DeclineReason::Resources,
+            &format!("registering doorbell: {e}"),
+        ),
+    }
+}
+
+fn decline(region: Region, reason: crate::setup::wire::DeclineReason, detail: &str) -> Opened {
+    Opened::Decline {
+        region,
+        reason,
+        detail: detail.to_owned(),
+    }
+}
+
+fn invalid(error: &str) -> FallbackReason {
+    FallbackReason::InvalidOffer {
+        error: error.to_owned(),
+    }
+}
+
+// ---- client side -----------------------------------------------------------------------------
+
+/// True if `ip` is an address of this host (so a wildcard listener here would receive a
+/// connection to it).
+fn is_local_address(ip: IpAddr) -> bool {
+    ip.is_loopback() || UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// Finds the rendezvous socket of an xway listener for `dst` on this host.
+///
+/// `Ok(None)`: nobody advertises it (plain TCP at the cost of one or two failed `connect`s on
+/// abstract sockets, a few microseconds). `Err(reason)`: somebody does, but the ring must not
+/// be used with them.
+pub(crate) fn find_listener(
+    dst: SocketAddr,
+    policy: &UidPolicy,
+) -> Result<Option<OwnedFd>, FallbackReason> {
+    let ip = dst.ip().to_canonical();
+    let mut names = vec![rendezvous_name(ip, dst.port())];
+    let wildcards: &[IpAddr] = match ip {
+        IpAddr::V4(_) => &[
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ],
+        IpAddr::V6(_) => &[IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
+    };
+    names.extend(wildcards.iter().map(|w| rendezvous_name(*w, dst.port())));
+    for (i, name) in names.iter().enumerate() {
+        let sock = match sys::connect_abstract(name) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(FallbackReason::SetupFailed {
+                    error: "listener's rendezvous backlog is full".into(),
+                })
+            }
+            Err(e) => {
+                return Err(FallbackReason::SetupFailed {
+                    error: format!("rendezvous connect: {e}"),
+                })
+            }
+        };
+        // A wildcard listener here only receives our TCP connection if the destination is an
+        // address of this host.
+        if i > 0 && !is_local_address(ip) {
+            return Ok(None);
+        }
+        let cred = sys::peer_cred(sock.as_fd()).map_err(|e| FallbackReason::SetupFailed {
+            error: format!("SO_PEERCRED: {e}"),
+        })?;
+        if !policy.allows(cred.uid, sys::current_uid()) {
+            return Err(FallbackReason::PeerUidRejected { uid: cred.uid });
+        }
+        return Ok(Some(sock));
+    }
+    Ok(None)
+}
+
+/// The client's half of a ring before the offer is sent.
+#[derive(Debug)]
+pub(crate) struct ClientRing {
+    pub(crate) region: Region,
+    memfd: OwnedFd,
+    /// Client's bell (registered with tokio) and server's bell.
+    doorbell: EventFdDoorbell,
+}
+
+impl ClientRing {
+    /// Creates the region for `header`, writes the header and the `OFFERED` state, and
+    /// registers the client's doorbell (before anything is offered, so that accepting can no
+    /// longer fail on this side).
+    pub(crate) fn create(header: &Header) -> io::Result<ClientRing> {
+        let len = header.layout.region_len();
+        let memfd = sys::memfd_sealed(len)?;
+        let region = Region::new(Arc::new(sys::Mapping::map_sealed(memfd.as_fd(), len)?));
+        region.write_bytes(0, &header.encode());
+        region.store(
+            STATE_OFFSET,
+            state::OFFERED,
+            std::sync::atomic::Ordering::Release,
+        );
+        let doorbell = EventFdDoorbell::new(sys::eventfd()?, sys::eventfd()?)?;
+        Ok(ClientRing {
+            region,
+            memfd,
+            doorbell,
+        })
+    }
+
+    /// Sends the offer with the region and both doorbells on the rendezvous socket, then
+    /// closes it: the listener reads the queued message whenever it accepts.
+    pub(crate) fn send_offer(&self, rendezvous: OwnedFd, offer: &Offer) -> io::Result<()> {
+        let bytes = offer.encode();
+        let fds = [
+            self.memfd.as_fd(),
+            self.doorbell.own.get_ref().as_fd(),
+            self.doorbell.peer.as_fd(),
+        ];
+        let n = sys::send_with_fds(rendezvous.as_fd(), &bytes, &fds)?;
+        if n != bytes.len() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "offer truncated"));
+        }
+        Ok(())
+    }
+
+    /// After an accept verdict: the client's doorbell. The memfd is closed (the mapping keeps
+    /// the memory).
+    pub(crate) fn into_doorbell(self) -> EventFdDoorbell {
+        self.doorbell
+    }
+}
+
+/// The layout a client offers for a configured ring order.
+pub(crate) fn layout_for(order: u32) -> Layout {
+    Layout::symmetric(order).expect("config clamps the ring order")
+}

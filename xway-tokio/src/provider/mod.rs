@@ -1,0 +1,40 @@
+//! Co-residency providers: where shared memory and doorbells come from.
+//!
+//! A provider gives a ring connection
+//! - a shared [`Region`] laid out as in [`crate::ring::layout`],
+//! - a [`Doorbell`]: a wake source for this side that tokio can poll, and a way to wake the
+//!   peer,
+//! - and a rendezvous: how a listener advertises itself, how a client finds it and delivers an
+//!   offer, and how the server picks up the offer for a connection it accepted.
+//!
+//! Liveness is common to all providers: every ring connection keeps its TCP connection open,
+//! and the kernel closes it when the peer process dies. Providers may add faster signals (Xen's
+//! unmap-notify clears a byte and fires the event channel when a domain goes away).
+//!
+//! Today there is one provider, [`local`] (two processes on one Linux kernel). The interface is
+//! shaped for Xen too: a region made of granted pages is just another [`SharedMemory`]
+//! implementation, and an event-channel port demultiplexed from one shared `/dev/xen/evtchn`
+//! descriptor is just another [`Doorbell`].
+//!
+//! [`SharedMemory`]: crate::ring::SharedMemory
+
+pub(crate) mod local;
+
+use std::fmt;
+use std::io;
+use std::task::{Context, Poll};
+
+/// A connection's wake-up mechanism.
+///
+/// Wake-ups are hints: after every wake the ring must be re-checked (Xen even marks a freshly
+/// bound event channel pending). Spurious wake-ups are allowed; lost ones are not.
+pub(crate) trait Doorbell: Send + Sync + fmt::Debug {
+    /// Polls for a wake-up from the peer.
+    ///
+    /// `Ready(Ok(()))` consumes the pending wake-up(s): the caller must re-check the ring before
+    /// polling again. `Pending` registers `cx`'s waker, which is woken at the next ring.
+    fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Wakes the peer.
+    fn ring_peer(&self) -> io::Result<()>;
+}

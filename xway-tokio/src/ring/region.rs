@@ -1,0 +1,259 @@
+//! Disciplined access to memory that another party can write.
+//!
+//! This is the only module of the ring core that contains `unsafe`. It follows two rules, in the
+//! spirit of rust-vmm's `vm-memory`:
+//!
+//! 1. No `&` or `&mut` to plain data in the shared region is ever created. Bytes move in and out
+//!    with raw-pointer copies into private buffers; 32-bit control words are reached only as
+//!    atomics.
+//! 2. Every offset is bounds-checked against the mapping. Offsets never come from the peer: they
+//!    are computed from a layout that was validated before the region was used, so a failed check
+//!    here is a bug in xway, not peer input, and it panics.
+//!
+//! The peer may change any byte at any time. Values loaded from here are therefore *claims*: the
+//! callers load each one once, validate it, and only then act on it.
+//!
+//! Under `cfg(loom)` the region is simulated by loom atomics and cells so that the model checker
+//! sees every access the ring protocol makes (see `tests/loom_ring.rs`).
+
+use std::fmt;
+use std::mem::MaybeUninit;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Memory shared with a peer: a memfd mapping, granted Xen pages, or (in tests) a heap buffer.
+///
+/// # Safety
+///
+/// Implementors guarantee, for as long as the value is alive:
+/// - `as_ptr()` is non-null, 8-byte aligned, never changes, and is valid for reads and writes of
+///   `len()` bytes (the mapping cannot shrink or move under us, e.g. memfds are sealed);
+/// - nothing else in this process holds a Rust reference into that memory.
+///
+/// The memory may be modified concurrently by another process or domain at any time; users of
+/// [`Region`] account for that, implementors need not.
+pub(crate) unsafe trait SharedMemory: Send + Sync + fmt::Debug {
+    /// Start of the shared bytes.
+    fn as_ptr(&self) -> *mut u8;
+    /// Length of the shared bytes.
+    fn len(&self) -> usize;
+}
+
+/// A cheaply clonable handle to a shared region, keeping the mapping alive.
+#[cfg(not(loom))]
+#[derive(Clone)]
+pub(crate) struct Region {
+    base: *mut u8,
+    len: usize,
+    _mem: Arc<dyn SharedMemory>,
+}
+
+// SAFETY: `Region` only reaches the memory through atomics and raw-pointer copies, which are
+// sound to perform from any thread; the mapping is kept alive by `_mem`, which is Send + Sync.
+#[cfg(not(loom))]
+unsafe impl Send for Region {}
+// SAFETY: as for Send: no method hands out references, so shared use across threads is sound.
+#[cfg(not(loom))]
+unsafe impl Sync for Region {}
+
+#[cfg(not(loom))]
+impl Region {
+    /// Wraps shared memory. The contract of [`SharedMemory`] is what every access below relies on.
+    pub(crate) fn new(mem: Arc<dyn SharedMemory>) -> Region {
+        let base = mem.as_ptr();
+        let len = mem.len();
+        assert!(
+            !base.is_null() && base as usize % 8 == 0,
+            "shared region must be 8-aligned"
+        );
+        Region {
+            base,
+            len,
+            _mem: mem,
+        }
+    }
+
+    /// Length of the region in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn word(&self, off: usize) -> &std::sync::atomic::AtomicU32 {
+        assert!(
+            off % 4 == 0 && off.checked_add(4).is_some_and(|end| end <= self.len),
+            "xway bug: control word offset {off} outside region of {} bytes",
+            self.len
+        );
+        // SAFETY: the offset is in bounds and 4-aligned (base is 8-aligned), the memory is valid
+        // for the lifetime of `self` (SharedMemory contract), and it is only ever accessed
+        // atomically by this process, so viewing it as an AtomicU32 is sound. The peer's
+        // concurrent writes are the cross-process equivalent of another thread's atomic stores.
+        unsafe { std::sync::atomic::AtomicU32::from_ptr(self.base.add(off).cast::<u32>()) }
+    }
+
+    fn check_range(&self, off: usize, n: usize) {
+        assert!(
+            off.checked_add(n).is_some_and(|end| end <= self.len),
+            "xway bug: byte range {off}+{n} outside region of {} bytes",
+            self.len
+        );
+    }
+
+    /// Copies `src` into the region at `off`.
+    pub(crate) fn write_bytes(&self, off: usize, src: &[u8]) {
+        self.check_range(off, src.len());
+        // SAFETY: the destination range is in bounds (checked above) and valid for writes
+        // (SharedMemory contract); `src` is private memory, so the two cannot overlap. No
+        // reference into the region is created.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(off), src.len()) }
+    }
+
+    /// Copies bytes from the region at `off` into `dst`.
+    ///
+    /// The peer may be writing the same bytes concurrently (only if it breaks the protocol); the
+    /// copy then yields some mix of old and new bytes, which is no worse than the peer sending
+    /// garbage. Nothing is interpreted from data bytes, so this cannot cause undefined behaviour
+    /// in xway's logic.
+    pub(crate) fn read_bytes(&self, off: usize, dst: &mut [MaybeUninit<u8>]) {
+        self.check_range(off, dst.len());
+        // SAFETY: the source range is in bounds (checked above) and valid for reads
+        // (SharedMemory contract); `dst` is private memory, so the two cannot overlap, and
+        // writing initialised bytes into `MaybeUninit` storage is always allowed.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base.add(off),
+                dst.as_mut_ptr().cast::<u8>(),
+                dst.len(),
+            )
+        }
+    }
+
+    pub(crate) fn load(&self, off: usize, order: Ordering) -> u32 {
+        self.word(off).load(order)
+    }
+
+    pub(crate) fn store(&self, off: usize, value: u32, order: Ordering) {
+        self.word(off).store(value, order)
+    }
+
+    pub(crate) fn fetch_or(&self, off: usize, bits: u32, order: Ordering) -> u32 {
+        self.word(off).fetch_or(bits, order)
+    }
+
+    pub(crate) fn fetch_and(&self, off: usize, bits: u32, order: Ordering) -> u32 {
+        self.word(off).fetch_and(bits, order)
+    }
+
+    pub(crate) fn compare_exchange(&self, off: usize, current: u32, new: u32) -> Result<u32, u32> {
+        self.word(off)
+            .compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+    }
+}
+
+#[cfg(not(loom))]
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region").field("len", &self.len).finish()
+    }
+}
+
+/// A heap-backed region, for tests and fuzzing: the "peer" is the test itself.
+#[cfg(any(test, fuzzing))]
+#[derive(Debug)]
+pub(crate) struct HeapMemory {
+    words: Box<[u64]>,
+}
+
+#[cfg(any(test, fuzzing))]
+impl HeapMemory {
+    pub(crate) fn new(len: usize) -> Arc<HeapMemory> {
+        Arc::new(HeapMemory {
+            words: vec![0u64; len.div_ceil(8)].into_boxed_slice(),
+        })
+    }
+}
+
+// SAFETY: the boxed slice is 8-aligned, never moves or shrinks while the Arc lives, and is only
+// reached through `Region` (no references are handed out). Writes through the raw pointer are
+// the same interior mutability as a peer's writes.
+#[cfg(any(test, fuzzing))]
+unsafe impl SharedMemory for HeapMemory {
+    fn as_ptr(&self) -> *mut u8 {
+        self.words.as_ptr() as *mut u8
+    }
+    fn len(&self) -> usize {
+        self.words.len() * 8
+    }
+}
+
+// ---- loom simulation -------------------------------------------------------------------------
+
+#[cfg(loom)]
+#[derive(Clone)]
+pub(crate) struct Region {
+    words: Arc<Vec<loom::sync::atomic::AtomicU32>>,
+    bytes: Arc<Vec<loom::cell::UnsafeCell<u8>>>,
+}
+
+#[cfg(loom)]
+impl Region {
+    pub(crate) fn new_simulated(len: usize) -> Region {
+        Region {
+            words: Arc::new(
+                (0..len / 4)
+                    .map(|_| loom::sync::atomic::AtomicU32::new(0))
+                    .collect(),
+            ),
+            bytes: Arc::new((0..len).map(|_| loom::cell::UnsafeCell::new(0)).collect()),
+        }
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+    pub(crate) fn write_bytes(&self, off: usize, src: &[u8]) {
+        for (i, b) in src.iter().enumerate() {
+            // SAFETY: loom checks that no other access to this cell races with this one.
+            self.bytes[off + i].with_mut(|p| unsafe { *p = *b });
+        }
+    }
+    pub(crate) fn read_bytes(&self, off: usize, dst: &mut [MaybeUninit<u8>]) {
+        for (i, b) in dst.iter_mut().enumerate() {
+            // SAFETY: loom checks that no other access to this cell races with this one.
+            b.write(self.bytes[off + i].with(|p| unsafe { *p }));
+        }
+    }
+    pub(crate) fn load(&self, off: usize, order: Ordering) -> u32 {
+        self.words[off / 4].load(order)
+    }
+    pub(crate) fn store(&self, off: usize, value: u32, order: Ordering) {
+        self.words[off / 4].store(value, order)
+    }
+    pub(crate) fn fetch_or(&self, off: usize, bits: u32, order: Ordering) -> u32 {
+        self.words[off / 4].fetch_or(bits, order)
+    }
+    pub(crate) fn fetch_and(&self, off: usize, bits: u32, order: Ordering) -> u32 {
+        self.words[off / 4].fetch_and(bits, order)
+    }
+    pub(crate) fn compare_exchange(&self, off: usize, current: u32, new: u32) -> Result<u32, u32> {
+        self.words[off / 4].compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
+    }
+}
+
+#[cfg(loom)]
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region")
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Views initialised bytes as possibly-uninitialised storage, for the copy routines.
+///
+/// Only the ring's copy routines use the view, and they store nothing but initialised bytes
+/// through it, so the original slice stays initialised.
+pub(crate) fn as_uninit(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: MaybeUninit<u8> has the layout of u8; see the function docs for why de-initialising
+    // writes cannot happen through the returned view.
+    unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) }
+}

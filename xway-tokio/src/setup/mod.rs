@@ -1,0 +1,326 @@
+//! Connection setup: "publish before connect, the server decides alone, dual channel".
+//!
+//! **Client** ([`connect_addr`]), before its SYN:
+//! 1. No listener advertised for the destination on this host: plain `connect`, nothing else.
+//! 2. Otherwise bind the TCP socket (so the 4-tuple is known), create the region, write its
+//!    header (magic, version, 4-tuple, nonce) and the `OFFERED` state, send the offer through
+//!    the provider's rendezvous, and only then `connect`.
+//! 3. Wait, with a deadline, for the verdict on the TCP connection. Accept: use the ring.
+//!    Decline, or bytes that are not a verdict: use the untouched TCP stream. Deadline: move the
+//!    region's state `OFFERED -> ABANDONED` by compare-and-swap; if that wins, use TCP (the
+//!    server will now stay silent); if the server won first, its verdict is on the way.
+//!
+//! **Server** ([`accept_ring`]), when the TCP connection is accepted: look up the offer for
+//! exactly this 4-tuple. None: plain TCP at once. Present: validate and map; claim the region
+//! (`OFFERED -> CLAIMED`) or decline it (`OFFERED -> DECLINED`), and only if the swap wins,
+//! write the verdict on the TCP connection. A client that has abandoned never sees a byte.
+//!
+//! Exactly one compare-and-swap from `OFFERED` wins, so both sides always agree on the
+//! transport, and the TCP stream never carries a verdict its client is not waiting for.
+
+pub(crate) mod wire;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::config::{EffectiveMode, XwayConfig};
+use crate::provider::local::{self, Advertisement, ClientRing, Opened};
+use crate::ring::layout::{canonical, state, Header, STATE_OFFSET};
+use crate::ring::{endpoints, Region, Role};
+use crate::stream::ring_io::RingIo;
+use crate::transport::{FallbackReason, Provider};
+use crate::XwayStream;
+use wire::{classify, Offer, Peeked, Verdict, VERDICT_LEN};
+
+/// How much longer than the rendezvous deadline a client waits once a server has claimed its
+/// region: the verdict is written right after the claim, so only a frozen server takes this long.
+const CLAIMED_GRACE: Duration = Duration::from_secs(5);
+
+/// Connects to one resolved address, choosing the transport.
+pub(crate) async fn connect_addr(addr: SocketAddr, config: &XwayConfig) -> io::Result<XwayStream> {
+    let required = match config.effective_mode() {
+        EffectiveMode::TcpByConfig => {
+            return tcp(
+                TcpStream::connect(addr).await?,
+                FallbackReason::DisabledByConfig,
+                false,
+            )
+        }
+        EffectiveMode::TcpByEnv => {
+            return tcp(
+                TcpStream::connect(addr).await?,
+                FallbackReason::DisabledByEnv,
+                false,
+            )
+        }
+        EffectiveMode::Ring { required } => required,
+    };
+    let rendezvous = match local::find_listener(addr, config.uid_policy()) {
+        Ok(Some(sock)) => sock,
+        Ok(None) => {
+            return tcp(
+                TcpStream::connect(addr).await?,
+                FallbackReason::NotAdvertised,
+                required,
+            )
+        }
+        Err(reason) => return tcp(TcpStream::connect(addr).await?, reason, required),
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // The listener is on this host, so the destination is one of our addresses: binding to it
+    // fixes the source address and port, and the offer can name the exact 4-tuple.
+    if let Err(e) = socket.bind(SocketAddr::new(addr.ip(), 0)) {
+        let reason = FallbackReason::SetupFailed {
+            error: format!("binding the client socket: {e}"),
+        };
+        return tcp(TcpStream::connect(addr).await?, reason, required);
+    }
+    let client = canonical(socket.local_addr()?);
+    let offered = offer_ring(client, addr, config, rendezvous);
+    let mut stream = socket.connect(addr).await?;
+    let ring = match offered {
+        Ok(ring) => ring,
+        Err(reason) => return tcp(stream, reason, required),
+    };
+    match await_verdict(
+        &mut stream,
+        &ring.region,
+        &ring.nonce,
+        config.rendezvous_timeout(),
+    )
+    .await?
+    {
+        None => {
+            let (tx, rx, doorbell) = ring.into_parts();
+            let io = RingIo::new(stream, tx, rx, doorbell);
+            Ok(XwayStream::from_ring(io, Provider::Local))
+        }
+        Some(reason) => tcp(stream, reason, required),
+    }
+}
+
+/// A client's ring, offered and waiting for the verdict.
+struct Offered {
+    region: Region,
+    nonce: [u8; 16],
+    ring: ClientRing,
+    tx: crate::ring::Producer,
+    rx: crate::ring::Consumer,
+}
+
+impl Offered {
+    fn into_parts(
+        self,
+    ) -> (
+        crate::ring::Producer,
+        crate::ring::Consumer,
+        Box<dyn crate::provider::Doorbell>,
+    ) {
+        (self.tx, self.rx, Box::new(self.ring.into_doorbell()))
+    }
+}
+
+fn offer_ring(
+    client: SocketAddr,
+    server: SocketAddr,
+    config: &XwayConfig,
+    rendezvous: std::os::fd::OwnedFd,
+) -> Result<Offered, FallbackReason> {
+    let setup_failed = |what: &str, e: io::Error| FallbackReason::SetupFailed {
+        error: format!("{what}: {e}"),
+    };
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| setup_failed("nonce", io::Error::other(e.to_string())))?;
+    let layout = local::layout_for(config.ring_order());
+    let header = Header {
+        layout,
+        nonce,
+        client,
+        server: canonical(server),
+    };
+    let ring = ClientRing::create(&header).map_err(|e| setup_failed("creating the ring", e))?;
+    let region = ring.region.clone();
+    let (tx, rx) = endpoints(region.clone(), layout, Role::Client);
+    let offer = Offer {
+        nonce,
+        client,
+        server: canonical(server),
+        layout,
+    };
+    ring.send_offer(rendezvous, &offer)
+        .map_err(|e| setup_failed("sending the offer", e))?;
+    Ok(Offered {
+        region,
+        nonce,
+        ring,
+        tx,
+        rx,
+    })
+}
+
+/// Waits for the server's verdict. `Ok(None)`: accepted, use the ring. `Ok(Some(reason))`: use
+/// TCP. `Err`: the connection is unusable (a server claimed the ring and then went silent).
+async fn await_verdict(
+    tcp: &mut TcpStream,
+    region: &Region,
+    nonce: &[u8; 16],
+    timeout: Duration,
+) -> io::Result<Option<FallbackReason>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut limit = deadline;
+    let mut claimed = false;
+    let mut buf = [0u8; VERDICT_LEN];
+    loop {
+        match tokio::time::timeout_at(limit, tcp.peek(&mut buf)).await {
+            Ok(Ok(0)) => {
+                return Ok(Some(FallbackReason::SetupFailed {
+                    error: "server closed the connection before its verdict".into(),
+                }))
+            }
+            Ok(Ok(n)) => match classify(&buf[..n], nonce) {
+                Peeked::Verdict(verdict) => {
+                    tcp.read_exact(&mut buf).await?;
+                    return Ok(match verdict {
+                        Verdict::Accept => None,
+                        Verdict::Decline(reason) => Some(FallbackReason::Declined {
+                            reason: reason.to_string(),
+                        }),
+                    });
+                }
+                Peeked::Partial => {
+                    // A verdict arrives in one segment; a split one is rare enough to poll.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    if tokio::time::Instant::now() >= limit {
+                        claimed |= !abandon(region);
+                        if !claimed {
+                            return Ok(Some(FallbackReason::RendezvousTimeout));
+                        }
+                    }
+                }
+                Peeked::NotAVerdict => {
+                    // The TCP peer speaks its own protocol: it is not the process that holds the
+                    // rendezvous endpoint. Whatever that process did with the region, nothing
+                    // will ever be written to it.
+                    abandon(region);
+                    return Ok(Some(FallbackReason::InvalidOffer {
+                        error: "the TCP peer is not the process that advertised the listener"
+                            .into(),
+                    }));
+                }
+            },
+            Ok(Err(e)) => {
+                return Ok(Some(FallbackReason::SetupFailed {
+                    error: format!("waiting for the verdict: {e}"),
+                }))
+            }
+            Err(_elapsed) if !claimed => {
+                if abandon(region) {
+                    return Ok(Some(FallbackReason::RendezvousTimeout));
+                }
+                claimed = true;
+                limit = deadline + CLAIMED_GRACE;
+            }
+            Err(_elapsed) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "xway: the listener claimed the ring but sent no verdict",
+                ))
+            }
+        }
+    }
+}
+
+/// Tries `OFFERED -> ABANDONED`; true if the client may now use TCP without the server ever
+/// writing a verdict.
+fn abandon(region: &Region) -> bool {
+    region
+        .compare_exchange(STATE_OFFSET, state::OFFERED, state::ABANDONED)
+        .is_ok()
+}
+
+fn tcp(stream: TcpStream, reason: FallbackReason, required: bool) -> io::Result<XwayStream> {
+    if required {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("xway: ring required but unavailable: {reason}"),
+        ));
+    }
+    Ok(XwayStream::from_tcp_with_reason(stream, reason))
+}
+
+/// Decides the transport of a connection the listener just accepted. Never blocks and never
+/// fails: anything that goes wrong is TCP with a reason.
+pub(crate) fn accept_ring(stream: TcpStream, advertisement: &Advertisement) -> XwayStream {
+    let (Ok(client), Ok(server)) = (stream.peer_addr(), stream.local_addr()) else {
+        return XwayStream::from_tcp_with_reason(stream, FallbackReason::NoOffer);
+    };
+    let Some(received) = advertisement.take_offer(client, server, Instant::now()) else {
+        return XwayStream::from_tcp_with_reason(stream, FallbackReason::NoOffer);
+    };
+    let (nonce, layout) = (received.offer.nonce, received.offer.layout);
+    match local::open_offer(received) {
+        Opened::Ready { region, doorbell } => {
+            match region.compare_exchange(STATE_OFFSET, state::OFFERED, state::CLAIMED) {
+                Ok(_) => {
+                    let (tx, rx) = endpoints(region, layout, Role::Server);
+                    if let Err(e) = send_verdict(&stream, Verdict::Accept, &nonce) {
+                        // The connection is broken; the ring stream reports it on first use.
+                        tracing::debug!(error = %e, "xway: sending the accept verdict failed");
+                    }
+                    XwayStream::from_ring(
+                        RingIo::new(stream, tx, rx, Box::new(doorbell)),
+                        Provider::Local,
+                    )
+                }
+                Err(s) if s == state::ABANDONED => {
+                    XwayStream::from_tcp_with_reason(stream, FallbackReason::ClientAbandoned)
+                }
+                Err(s) => XwayStream::from_tcp_with_reason(
+                    stream,
+                    FallbackReason::InvalidOffer {
+                        error: format!("region in setup state {s}, expected offered"),
+                    },
+                ),
+            }
+        }
+        Opened::Decline {
+            region,
+            reason,
+            detail,
+        } => {
+            if region
+                .compare_exchange(STATE_OFFSET, state::OFFERED, state::DECLINED)
+                .is_ok()
+            {
+                if let Err(e) = send_verdict(&stream, Verdict::Decline(reason), &nonce) {
+                    tracing::debug!(error = %e, "xway: sending the decline verdict failed");
+                }
+            }
+            XwayStream::from_tcp_with_reason(stream, FallbackReason::InvalidOffer { error: detail })
+        }
+        Opened::Unusable(reason) => XwayStream::from_tcp_with_reason(stream, reason),
+    }
+}
+
+/// Writes the verdict straight to the socket: a fresh connection's send buffer is empty, so
+/// 32 bytes always fit (tokio's readiness for the new socket may not be known yet).
+fn send_verdict(stream: &TcpStream, verdict: Verdict, nonce: &[u8; 16]) -> io::Result<()> {
+    let frame = verdict.encode(nonce);
+    let n = socket2::SockRef::from(stream).send(&frame)?;
+    if n != frame.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "verdict truncated",
+        ));
+    }
+    Ok(())
+}
