@@ -64,6 +64,7 @@
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
 mod config;
+pub mod doctor;
 mod listener;
 mod provider;
 mod ring;
@@ -73,11 +74,15 @@ mod sys;
 mod transport;
 
 pub use config::{
-    Mode, UidPolicy, XwayConfig, XwayConfigBuilder, DEFAULT_RING_SIZE, FORCE_TCP_ENV,
+    Mode, UidPolicy, XwayConfig, XwayConfigBuilder, DEFAULT_RING_SIZE, DEFAULT_SPIN_BUDGET,
+    FORCE_TCP_ENV,
 };
 pub use listener::XwayListener;
-pub use stream::{OwnedReadHalf, OwnedWriteHalf, ReadHalf, ReuniteError, WriteHalf, XwayStream};
+pub use stream::{
+    OwnedReadHalf, OwnedWriteHalf, ReadHalf, ReuniteError, RingStats, WriteHalf, XwayStream,
+};
 pub use transport::{FallbackReason, Provider, Transport};
+
 
 /// Names under which xway mirrors `tokio::net`, for `use xway_tokio::net::TcpStream`-style
 /// drop-in replacement.

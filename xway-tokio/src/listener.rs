@@ -44,6 +44,7 @@ pub struct XwayListener {
     /// Why connections get TCP when there is no advertisement.
     not_advertised: FallbackReason,
     ring_required: bool,
+    spin_budget: std::time::Duration,
 }
 
 impl XwayListener {
@@ -133,6 +134,7 @@ impl XwayListener {
             advertisement,
             not_advertised,
             ring_required,
+            spin_budget: config.spin_budget(),
         }
     }
 
@@ -198,7 +200,7 @@ impl XwayListener {
         loop {
             let (tcp, peer) = ready!(self.tcp.poll_accept(cx))?;
             let stream = match &self.advertisement {
-                Some(a) => crate::setup::accept_ring(tcp, a),
+                Some(a) => crate::setup::accept_ring(tcp, a, self.spin_budget),
                 None => XwayStream::from_tcp_with_reason(tcp, self.not_advertised.clone()),
             };
             if self.ring_required && !stream.transport().is_ring() {

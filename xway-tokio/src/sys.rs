@@ -274,6 +274,14 @@ pub(crate) fn current_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// The CPU this thread is running on (`sched_getcpu`, served by the vDSO: no system call).
+/// `u32::MAX` if unknown, which never equals a peer's CPU.
+pub(crate) fn current_cpu() -> u32 {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).unwrap_or(u32::MAX)
+}
+
 /// Room for this many descriptors in one message.
 const MAX_FDS: usize = 4;
 const CMSG_SPACE: usize = 64; // >= CMSG_SPACE(MAX_FDS * 4), checked in `cmsg_space_is_enough`

@@ -14,6 +14,8 @@
 //! 128     4     setup state (atomic)          both, by compare-and-swap
 //! 256     384   control block client->server  see `Producer` / `Consumer`
 //! 768     384   control block server->client
+//! 1152    4     client activity (hint)        client
+//! 1280    4     server activity (hint)        server
 //! 4096    2^n   client->server data
 //! ...     2^m   server->client data
 //! ```
@@ -46,6 +48,22 @@ pub(crate) const STATE_OFFSET: usize = 128;
 pub(crate) const C2S_CONTROL: usize = 256;
 /// Offset of the server-to-client control block.
 pub(crate) const S2C_CONTROL: usize = 768;
+
+/// Offsets of each side's activity word (see [`activity`]), each on its own cache line.
+pub(crate) const CLIENT_ACTIVITY: usize = 1152;
+pub(crate) const SERVER_ACTIVITY: usize = 1280;
+
+/// A side's activity word: `RUNNING | cpu` while it is actively polling the ring on that CPU,
+/// just `cpu` (its last CPU) once it waits on its doorbell. Only a hint for the other side's
+/// decision to spin instead of sleeping; a wrong value costs a bounded spin, nothing else.
+pub(crate) mod activity {
+    pub(crate) const RUNNING: u32 = 1 << 31;
+    pub(crate) const CPU_MASK: u32 = 0xffff;
+}
+
+// The activity words fit in the control page, after the control blocks.
+const _: () =
+    assert!(S2C_CONTROL + NOTIFY + 4 <= CLIENT_ACTIVITY && SERVER_ACTIVITY + 4 <= CONTROL_LEN);
 
 /// Within a control block: fields written by the producer (own cache line pair).
 pub(crate) const PROD: usize = 0;

@@ -1,6 +1,6 @@
 //! Model checking of the sleep/notify handshake and the close flags with loom.
 //!
-//! Run with `RUSTFLAGS="--cfg loom" cargo test -p xway-tokio --release --lib loom`.
+//! Run with `RUSTFLAGS="--cfg xway_loom" cargo test -p xway-tokio --release --lib loom`.
 //! A lost wakeup shows up as a deadlock (every thread waiting), which loom reports.
 
 use super::*;

@@ -43,9 +43,9 @@ pub(crate) use region::HeapMemory;
 pub(crate) use region::{as_uninit, Region, SharedMemory};
 use std::mem::MaybeUninit;
 
-#[cfg(loom)]
+#[cfg(xway_loom)]
 use loom::sync::atomic::fence;
-#[cfg(not(loom))]
+#[cfg(not(xway_loom))]
 use std::sync::atomic::fence;
 
 use layout::{CONS, CONS_FLAGS, NOTIFY, PROD, PROD_FLAGS};
@@ -416,7 +416,7 @@ impl Consumer {
     }
 
     /// Copies up to `dst.len()` bytes out of the ring and consumes them.
-    #[cfg(any(test, loom))]
+    #[cfg(any(test, xway_loom))]
     pub(crate) fn read(&mut self, dst: &mut [u8]) -> Result<Read, RingError> {
         self.read_uninit(as_uninit(dst))
     }
@@ -497,6 +497,54 @@ impl Consumer {
     }
 }
 
+/// What the peer says it is doing (its activity word; a hint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerActivity {
+    /// Actively polling the ring rather than waiting on its doorbell.
+    pub(crate) running: bool,
+    /// The CPU it runs or last ran on.
+    pub(crate) cpu: u32,
+}
+
+/// This side's and the peer's activity words.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    region: Region,
+    own: usize,
+    peer: usize,
+}
+
+impl Activity {
+    pub(crate) fn new(region: Region, role: Role) -> Activity {
+        use layout::{CLIENT_ACTIVITY, SERVER_ACTIVITY};
+        let (own, peer) = match role {
+            Role::Client => (CLIENT_ACTIVITY, SERVER_ACTIVITY),
+            Role::Server => (SERVER_ACTIVITY, CLIENT_ACTIVITY),
+        };
+        Activity { region, own, peer }
+    }
+
+    /// Publishes that this side is polling the ring on `cpu` (`running`) or waiting.
+    pub(crate) fn publish(&self, running: bool, cpu: u32) {
+        let word = (cpu & layout::activity::CPU_MASK)
+            | if running {
+                layout::activity::RUNNING
+            } else {
+                0
+            };
+        self.region.store(self.own, word, Relaxed);
+    }
+
+    /// The peer's claim about itself.
+    pub(crate) fn peer(&self) -> PeerActivity {
+        let word = self.region.load(self.peer, Relaxed);
+        PeerActivity {
+            running: word & layout::activity::RUNNING != 0,
+            cpu: word & layout::activity::CPU_MASK,
+        }
+    }
+}
+
 /// Which end of a connection a process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -525,7 +573,7 @@ pub(crate) fn endpoints(
     )
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, xway_loom))]
 mod loom_tests;
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(xway_loom)))]
 mod tests;

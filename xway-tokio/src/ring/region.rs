@@ -13,7 +13,7 @@
 //! The peer may change any byte at any time. Values loaded from here are therefore *claims*: the
 //! callers load each one once, validate it, and only then act on it.
 //!
-//! Under `cfg(loom)` the region is simulated by loom atomics and cells so that the model checker
+//! Under `cfg(xway_loom)` the region is simulated by loom atomics and cells so that the model checker
 //! sees every access the ring protocol makes (see `tests/loom_ring.rs`).
 
 use std::fmt;
@@ -40,7 +40,7 @@ pub(crate) unsafe trait SharedMemory: Send + Sync + fmt::Debug {
 }
 
 /// A cheaply clonable handle to a shared region, keeping the mapping alive.
-#[cfg(not(loom))]
+#[cfg(not(xway_loom))]
 #[derive(Clone)]
 pub(crate) struct Region {
     base: *mut u8,
@@ -50,13 +50,13 @@ pub(crate) struct Region {
 
 // SAFETY: `Region` only reaches the memory through atomics and raw-pointer copies, which are
 // sound to perform from any thread; the mapping is kept alive by `_mem`, which is Send + Sync.
-#[cfg(not(loom))]
+#[cfg(not(xway_loom))]
 unsafe impl Send for Region {}
 // SAFETY: as for Send: no method hands out references, so shared use across threads is sound.
-#[cfg(not(loom))]
+#[cfg(not(xway_loom))]
 unsafe impl Sync for Region {}
 
-#[cfg(not(loom))]
+#[cfg(not(xway_loom))]
 impl Region {
     /// Wraps shared memory. The contract of [`SharedMemory`] is what every access below relies on.
     pub(crate) fn new(mem: Arc<dyn SharedMemory>) -> Region {
@@ -150,7 +150,7 @@ impl Region {
     }
 }
 
-#[cfg(not(loom))]
+#[cfg(not(xway_loom))]
 impl fmt::Debug for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Region").field("len", &self.len).finish()
@@ -188,15 +188,29 @@ unsafe impl SharedMemory for HeapMemory {
 
 // ---- loom simulation -------------------------------------------------------------------------
 
-#[cfg(loom)]
+#[cfg(xway_loom)]
 #[derive(Clone)]
 pub(crate) struct Region {
     words: Arc<Vec<loom::sync::atomic::AtomicU32>>,
     bytes: Arc<Vec<loom::cell::UnsafeCell<u8>>>,
 }
 
-#[cfg(loom)]
+// SAFETY: the simulated region stands for memory shared with another process; loom checks
+// every access to its cells for races while it explores interleavings, which is the point.
+#[cfg(xway_loom)]
+unsafe impl Send for Region {}
+// SAFETY: as for Send.
+#[cfg(xway_loom)]
+unsafe impl Sync for Region {}
+
+#[cfg(xway_loom)]
 impl Region {
+    /// Under the loom model the region is simulated and `mem` is not used: only the ring's
+    /// model tests run in that configuration.
+    pub(crate) fn new(mem: Arc<dyn SharedMemory>) -> Region {
+        Region::new_simulated(mem.len())
+    }
+
     pub(crate) fn new_simulated(len: usize) -> Region {
         Region {
             words: Arc::new(
@@ -239,7 +253,7 @@ impl Region {
     }
 }
 
-#[cfg(loom)]
+#[cfg(xway_loom)]
 impl fmt::Debug for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Region")

@@ -30,7 +30,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::config::{EffectiveMode, XwayConfig};
 use crate::provider::local::{self, Advertisement, ClientRing, Opened};
 use crate::ring::layout::{canonical, state, Header, STATE_OFFSET};
-use crate::ring::{endpoints, Region, Role};
+use crate::ring::{endpoints, Activity, Region, Role};
 use crate::stream::ring_io::RingIo;
 use crate::transport::{FallbackReason, Provider};
 use crate::XwayStream;
@@ -99,8 +99,9 @@ pub(crate) async fn connect_addr(addr: SocketAddr, config: &XwayConfig) -> io::R
     .await?
     {
         None => {
+            let activity = Activity::new(ring.region.clone(), Role::Client);
             let (tx, rx, doorbell) = ring.into_parts();
-            let io = RingIo::new(stream, tx, rx, doorbell);
+            let io = RingIo::new(stream, tx, rx, activity, doorbell, config.spin_budget());
             Ok(XwayStream::from_ring(io, Provider::Local))
         }
         Some(reason) => tcp(stream, reason, required),
@@ -259,7 +260,11 @@ fn tcp(stream: TcpStream, reason: FallbackReason, required: bool) -> io::Result<
 
 /// Decides the transport of a connection the listener just accepted. Never blocks and never
 /// fails: anything that goes wrong is TCP with a reason.
-pub(crate) fn accept_ring(stream: TcpStream, advertisement: &Advertisement) -> XwayStream {
+pub(crate) fn accept_ring(
+    stream: TcpStream,
+    advertisement: &Advertisement,
+    spin_budget: Duration,
+) -> XwayStream {
     let (Ok(client), Ok(server)) = (stream.peer_addr(), stream.local_addr()) else {
         return XwayStream::from_tcp_with_reason(stream, FallbackReason::NoOffer);
     };
@@ -271,13 +276,14 @@ pub(crate) fn accept_ring(stream: TcpStream, advertisement: &Advertisement) -> X
         Opened::Ready { region, doorbell } => {
             match region.compare_exchange(STATE_OFFSET, state::OFFERED, state::CLAIMED) {
                 Ok(_) => {
+                    let activity = Activity::new(region.clone(), Role::Server);
                     let (tx, rx) = endpoints(region, layout, Role::Server);
                     if let Err(e) = send_verdict(&stream, Verdict::Accept, &nonce) {
                         // The connection is broken; the ring stream reports it on first use.
                         tracing::debug!(error = %e, "xway: sending the accept verdict failed");
                     }
                     XwayStream::from_ring(
-                        RingIo::new(stream, tx, rx, Box::new(doorbell)),
+                        RingIo::new(stream, tx, rx, activity, Box::new(doorbell), spin_budget),
                         Provider::Local,
                     )
                 }

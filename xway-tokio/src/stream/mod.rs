@@ -5,6 +5,7 @@ pub(crate) mod ring_io;
 mod split;
 mod split_owned;
 
+pub use ring_io::RingStats;
 pub use split::{ReadHalf, WriteHalf};
 pub use split_owned::{OwnedReadHalf, OwnedWriteHalf, ReuniteError};
 
@@ -235,6 +236,25 @@ impl XwayStream {
     /// ```
     pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// Counters of the ring (doorbells, sleeps, spins), or `None` on the TCP path.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> std::io::Result<()> {
+    /// let stream = xway_tokio::XwayStream::connect("127.0.0.1:8080").await?;
+    /// if let Some(stats) = stream.ring_stats() {
+    ///     println!("{} doorbells, {} sleeps", stats.doorbells, stats.sleeps);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn ring_stats(&self) -> Option<RingStats> {
+        match &self.inner {
+            Inner::Tcp(_) => None,
+            Inner::Ring(r) => Some(r.stats()),
+        }
     }
 
     /// The connection's `tracing` span (`xway_conn`, with the transport and peer address).

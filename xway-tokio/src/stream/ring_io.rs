@@ -15,15 +15,17 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{ready, Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use tokio::io::{Interest, ReadBuf, Ready};
 use tokio::net::TcpStream;
 
 use crate::provider::Doorbell;
-use crate::ring::{Consumer, PeerReader, Producer, Read, RingError};
+use crate::ring::{Activity, Consumer, PeerReader, Producer, Read, RingError};
+use crate::sys;
 
 /// Wakes both halves' tasks.
 #[derive(Debug, Default)]
@@ -80,6 +82,41 @@ pub(crate) struct RingIo {
     /// The TCP connection reported EOF or an error: the peer process is gone.
     peer_dead: AtomicBool,
     failure: Mutex<Option<Failure>>,
+    activity: Activity,
+    spinner: Spinner,
+    counters: Counters,
+}
+
+/// Which way a poll is waiting.
+#[derive(Debug, Clone, Copy)]
+enum Dir {
+    Read,
+    Write,
+    Both,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    doorbells: AtomicU64,
+    sleeps: AtomicU64,
+    spins_won: AtomicU64,
+}
+
+/// Counters of one ring connection, from [`XwayStream::ring_stats`](crate::XwayStream::ring_stats).
+///
+/// They explain benchmark results: a message that costs a doorbell and a sleep costs a
+/// context switch or two; one caught by spinning costs neither.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RingStats {
+    /// Doorbells rung for the peer (one `eventfd` write each).
+    pub doorbells: u64,
+    /// Times a poll went to sleep on the doorbell (returned `Pending`).
+    pub sleeps: u64,
+    /// Spins that saw the ring become ready before their budget ran out.
+    pub spins_won: u64,
+    /// Spins whose budget ran out (each shrinks the next budget).
+    pub spins_lost: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,7 +130,9 @@ impl RingIo {
         tcp: TcpStream,
         tx: Producer,
         rx: Consumer,
+        activity: Activity,
         doorbell: Box<dyn Doorbell>,
+        max_spin: Duration,
     ) -> RingIo {
         let fan_out = Arc::new(FanOut::default());
         RingIo {
@@ -105,6 +144,9 @@ impl RingIo {
             fan_out,
             peer_dead: AtomicBool::new(false),
             failure: Mutex::new(None),
+            activity,
+            spinner: Spinner::new(max_spin),
+            counters: Counters::default(),
         }
     }
 
@@ -140,6 +182,8 @@ impl RingIo {
     }
 
     fn ring_peer(&self) {
+        self.counters.doorbells.fetch_add(1, Ordering::Relaxed);
+        self.spinner.note_peer_rung();
         if let Err(e) = self.doorbell.ring_peer() {
             // Only possible if our own descriptor broke; the peer's liveness check still ends
             // the connection if it matters.
@@ -197,6 +241,74 @@ impl RingIo {
         )
     }
 
+    // ---- waiting -----------------------------------------------------------------------------
+
+    /// The wait protocol every poll shares, once the ring said "not now" in direction `dir`:
+    /// spin (at most once per poll call, see [`Spinner`]), then ask the peer for a doorbell and
+    /// re-check, then sleep on the wake sources.
+    ///
+    /// `Ready(Ok(()))`: something may have changed, re-check the ring. `Pending`: the task's
+    /// waker is registered with every wake source.
+    fn poll_wait(&self, cx: &mut Context<'_>, dir: Dir, spun: &mut bool) -> Poll<io::Result<()>> {
+        if !*spun {
+            *spun = true;
+            if self
+                .spinner
+                .spin_until(&self.activity, || self.would_not_block(dir))
+            {
+                self.counters.spins_won.fetch_add(1, Ordering::Relaxed);
+                return Poll::Ready(Ok(()));
+            }
+        }
+        let still_waiting = match dir {
+            Dir::Read => {
+                FanOut::register(&self.fan_out.read, cx.waker());
+                lock(&self.rx).prepare_wait()
+            }
+            Dir::Write => {
+                FanOut::register(&self.fan_out.write, cx.waker());
+                lock(&self.tx).prepare_wait()
+            }
+            Dir::Both => {
+                FanOut::register(&self.fan_out.read, cx.waker());
+                FanOut::register(&self.fan_out.write, cx.waker());
+                lock(&self.rx)
+                    .prepare_wait()
+                    .and_then(|r| Ok(r && lock(&self.tx).prepare_wait()?))
+            }
+        };
+        match still_waiting {
+            Ok(true) => {}
+            Ok(false) => return Poll::Ready(Ok(())),
+            Err(e) => return Poll::Ready(Err(self.fail_ring(e))),
+        }
+        let polled = self.poll_wake_sources();
+        if polled.is_pending() {
+            self.counters.sleeps.fetch_add(1, Ordering::Relaxed);
+            self.activity.publish(false, sys::current_cpu());
+        }
+        polled
+    }
+
+    fn would_not_block(&self, dir: Dir) -> bool {
+        match dir {
+            Dir::Read => self.read_would_not_block(),
+            Dir::Write => self.write_would_not_block(),
+            Dir::Both => self.read_would_not_block() || self.write_would_not_block(),
+        }
+    }
+
+    /// Counters for benchmarks and diagnostics.
+    pub(crate) fn stats(&self) -> RingStats {
+        let c = &self.counters;
+        RingStats {
+            doorbells: c.doorbells.load(Ordering::Relaxed),
+            sleeps: c.sleeps.load(Ordering::Relaxed),
+            spins_won: c.spins_won.load(Ordering::Relaxed),
+            spins_lost: self.spinner.lost.load(Ordering::Relaxed),
+        }
+    }
+
     // ---- reading -----------------------------------------------------------------------------
 
     /// Reads into `buf`; `Ok(())` with nothing filled is end of stream.
@@ -208,22 +320,13 @@ impl RingIo {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        let mut spun = false;
         loop {
             match self.read_now(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => return Poll::Ready(other),
             }
-            FanOut::register(&self.fan_out.read, cx.waker());
-            match lock(&self.rx).prepare_wait() {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => return Poll::Ready(Err(self.fail_ring(e))),
-            }
-            match self.poll_wake_sources() {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            ready!(self.poll_wait(cx, Dir::Read, &mut spun))?;
         }
     }
 
@@ -245,10 +348,7 @@ impl RingIo {
                 Ok(())
             }
             Ok(Read::Closed) => Ok(()),
-            Ok(Read::Aborted) => Err(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                "xway: peer aborted the connection",
-            )),
+            Ok(Read::Aborted) => Err(aborted()),
             Ok(Read::Empty) if self.peer_dead.load(Ordering::Acquire) => Err(self.dead_error()),
             Ok(Read::Empty) => Err(io::ErrorKind::WouldBlock.into()),
             Err(e) => Err(self.fail_ring(e)),
@@ -267,10 +367,9 @@ impl RingIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<usize>> {
+        let mut spun = false;
         loop {
-            if let Err(e) = self.check_failed() {
-                return Poll::Ready(Err(e));
-            }
+            self.check_failed()?;
             let outcome = lock(&self.rx).peek(buf.initialize_unfilled());
             match outcome {
                 Ok(Read::Data { bytes, .. }) => {
@@ -278,42 +377,24 @@ impl RingIo {
                     return Poll::Ready(Ok(bytes));
                 }
                 Ok(Read::Closed) => return Poll::Ready(Ok(0)),
-                Ok(Read::Aborted) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        "xway: peer aborted the connection",
-                    )))
-                }
+                Ok(Read::Aborted) => return Poll::Ready(Err(aborted())),
                 Ok(Read::Empty) if self.peer_dead.load(Ordering::Acquire) => {
                     return Poll::Ready(Err(self.dead_error()))
                 }
                 Ok(Read::Empty) => {}
                 Err(e) => return Poll::Ready(Err(self.fail_ring(e))),
             }
-            if self.poll_read_ready(cx)?.is_pending() {
-                return Poll::Pending;
-            }
+            ready!(self.poll_wait(cx, Dir::Read, &mut spun))?;
         }
     }
 
     /// Ready when a read would not block (data, end of stream, or an error to report).
     pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            if self.read_would_not_block() {
-                return Poll::Ready(Ok(()));
-            }
-            FanOut::register(&self.fan_out.read, cx.waker());
-            match lock(&self.rx).prepare_wait() {
-                Ok(true) => {}
-                Ok(false) => return Poll::Ready(Ok(())),
-                Err(e) => return Poll::Ready(Err(self.fail_ring(e))),
-            }
-            match self.poll_wake_sources() {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+        let mut spun = false;
+        while !self.read_would_not_block() {
+            ready!(self.poll_wait(cx, Dir::Read, &mut spun))?;
         }
+        Poll::Ready(Ok(()))
     }
 
     fn read_would_not_block(&self) -> bool {
@@ -333,22 +414,13 @@ impl RingIo {
         if bufs.iter().all(|b| b.is_empty()) {
             return Poll::Ready(Ok(0));
         }
+        let mut spun = false;
         loop {
             match self.write_now(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 other => return Poll::Ready(other),
             }
-            FanOut::register(&self.fan_out.write, cx.waker());
-            match lock(&self.tx).prepare_wait() {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => return Poll::Ready(Err(self.fail_ring(e))),
-            }
-            match self.poll_wake_sources() {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            ready!(self.poll_wait(cx, Dir::Write, &mut spun))?;
         }
     }
 
@@ -368,12 +440,7 @@ impl RingIo {
                     "xway: peer closed the connection",
                 ))
             }
-            PeerReader::Aborted => {
-                return Some(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "xway: peer aborted the connection",
-                ))
-            }
+            PeerReader::Aborted => return Some(aborted()),
         }
         if self.peer_dead.load(Ordering::Acquire) {
             return Some(io::Error::new(
@@ -390,19 +457,17 @@ impl RingIo {
         if let Some(e) = self.write_blocker(&tx) {
             return Err(e);
         }
-        match tx.write(bufs) {
+        let written = tx.write(bufs);
+        drop(tx);
+        match written {
             Ok(w) if w.bytes == 0 => Err(io::ErrorKind::WouldBlock.into()),
             Ok(w) => {
-                drop(tx);
                 if w.wake_peer {
                     self.ring_peer();
                 }
                 Ok(w.bytes)
             }
-            Err(e) => {
-                drop(tx);
-                Err(self.fail_ring(e))
-            }
+            Err(e) => Err(self.fail_ring(e)),
         }
     }
 
@@ -415,22 +480,11 @@ impl RingIo {
 
     /// Ready when a write would not block (space, or an error to report).
     pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            if self.write_would_not_block() {
-                return Poll::Ready(Ok(()));
-            }
-            FanOut::register(&self.fan_out.write, cx.waker());
-            match lock(&self.tx).prepare_wait() {
-                Ok(true) => {}
-                Ok(false) => return Poll::Ready(Ok(())),
-                Err(e) => return Poll::Ready(Err(self.fail_ring(e))),
-            }
-            match self.poll_wake_sources() {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+        let mut spun = false;
+        while !self.write_would_not_block() {
+            ready!(self.poll_wait(cx, Dir::Write, &mut spun))?;
         }
+        Poll::Ready(Ok(()))
     }
 
     fn write_would_not_block(&self) -> bool {
@@ -467,34 +521,18 @@ impl RingIo {
         cx: &mut Context<'_>,
         interest: Interest,
     ) -> Poll<io::Result<Ready>> {
+        let dir = match (interest.is_readable(), interest.is_writable()) {
+            (true, true) => Dir::Both,
+            (false, true) => Dir::Write,
+            _ => Dir::Read,
+        };
+        let mut spun = false;
         loop {
             let ready = self.ready_now(interest);
             if !ready.is_empty() {
                 return Poll::Ready(Ok(ready));
             }
-            if interest.is_readable() {
-                FanOut::register(&self.fan_out.read, cx.waker());
-                if !lock(&self.rx)
-                    .prepare_wait()
-                    .map_err(|e| self.fail_ring(e))?
-                {
-                    continue;
-                }
-            }
-            if interest.is_writable() {
-                FanOut::register(&self.fan_out.write, cx.waker());
-                if !lock(&self.tx)
-                    .prepare_wait()
-                    .map_err(|e| self.fail_ring(e))?
-                {
-                    continue;
-                }
-            }
-            match self.poll_wake_sources() {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            ready!(self.poll_wait(cx, dir, &mut spun))?;
         }
     }
 
@@ -522,4 +560,96 @@ impl Drop for RingIo {
 
 fn as_uninit1(b: &mut [u8; 1]) -> &mut [MaybeUninit<u8>] {
     crate::ring::as_uninit(b)
+}
+
+fn aborted() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "xway: peer aborted the connection",
+    )
+}
+
+/// Adaptive spinning before sleeping.
+///
+/// A sleep on the doorbell costs a wake-up (tens of microseconds across CPUs on small VMs);
+/// polling the ring for a while costs CPU. The spinner polls only when that can pay: when the
+/// peer says it is running on another CPU, or was just rung (and so is waking up), and never
+/// when the peer shares our CPU (it could not run while we spin). Per connection, a spin that
+/// succeeds restores the full budget and one that fails divides it by four; below a
+/// microsecond the connection stops spinning and only probes briefly every 32 waits, so idle
+/// connections and busy many-connection servers stop burning CPU on their own.
+#[derive(Debug)]
+struct Spinner {
+    max_ns: u64,
+    budget_ns: AtomicU64,
+    skipped: AtomicU64,
+    lost: AtomicU64,
+    epoch: Instant,
+    rung_at_ns: AtomicU64,
+}
+
+/// A probe spin when the budget has decayed to zero.
+const PROBE_NS: u64 = 2_000;
+
+impl Spinner {
+    fn new(max: Duration) -> Spinner {
+        let max_ns = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        Spinner {
+            max_ns,
+            budget_ns: AtomicU64::new(max_ns),
+            skipped: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            epoch: Instant::now(),
+            rung_at_ns: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn note_peer_rung(&self) {
+        if self.max_ns > 0 {
+            self.rung_at_ns.store(self.now_ns(), Ordering::Relaxed);
+        }
+    }
+
+    /// Polls `ready` until it is true or the budget runs out; true if it became ready.
+    fn spin_until(&self, activity: &Activity, mut ready: impl FnMut() -> bool) -> bool {
+        if self.max_ns == 0 {
+            return false;
+        }
+        let mut budget = self.budget_ns.load(Ordering::Relaxed);
+        if budget == 0 {
+            if self.skipped.fetch_add(1, Ordering::Relaxed) % 32 != 31 {
+                return false;
+            }
+            budget = PROBE_NS.min(self.max_ns);
+        }
+        let cpu = sys::current_cpu();
+        let peer = activity.peer();
+        let start = self.now_ns();
+        let peer_waking =
+            start.saturating_sub(self.rung_at_ns.load(Ordering::Relaxed)) < 2 * self.max_ns;
+        if peer.cpu == cpu || !(peer.running || peer_waking) {
+            return false;
+        }
+        activity.publish(true, cpu);
+        loop {
+            for _ in 0..32 {
+                if ready() {
+                    self.budget_ns.store(self.max_ns, Ordering::Relaxed);
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if self.now_ns().saturating_sub(start) >= budget {
+                let next = budget / 4;
+                self.budget_ns
+                    .store(if next < 1_000 { 0 } else { next }, Ordering::Relaxed);
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+    }
 }
