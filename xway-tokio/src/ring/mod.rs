@@ -441,9 +441,14 @@ impl Consumer {
         self.pipe
             .region
             .store(self.pipe.ctl + CONS, self.cons, Release);
+        // Wake a writer waiting for space only once half the ring is free (Xen's event
+        // thresholds): it then refills in one go instead of a wake-up per chunk read. A reader
+        // that empties the ring always frees more than half, so a writer is never left asleep.
+        let free = self.pipe.size - (avail - n as u32);
+        let wake_peer = free >= self.pipe.size / 2 && self.pipe.take_request(notify::SPACE_WANTED);
         Ok(Read::Data {
             bytes: n,
-            wake_peer: self.pipe.take_request(notify::SPACE_WANTED),
+            wake_peer,
         })
     }
 

@@ -145,18 +145,44 @@ fn prepare_wait_sees_data_published_before_it_and_withdraws() {
 }
 
 #[test]
-fn sleeping_writer_is_woken_when_space_is_freed() {
+fn sleeping_writer_is_woken_once_half_the_ring_is_free() {
     let (mut tx, mut rx, _) = pair(12);
     tx.write(&[&[0u8; 4096]]).unwrap();
     assert!(tx.prepare_wait().unwrap(), "full ring: may sleep");
-    assert!(matches!(
-        rx.read(&mut [0u8; 10]).unwrap(),
+    let mut buf = [0u8; 2048];
+    assert_eq!(
+        rx.read(&mut buf[..2047]).unwrap(),
         Read::Data {
-            bytes: 10,
+            bytes: 2047,
+            wake_peer: false
+        },
+        "less than half free: no doorbell yet"
+    );
+    assert_eq!(
+        rx.read(&mut buf[..1]).unwrap(),
+        Read::Data {
+            bytes: 1,
             wake_peer: true
         }
-    ));
+    );
     assert!(!tx.prepare_wait().unwrap(), "space now");
+}
+
+#[test]
+fn emptying_the_ring_always_wakes_a_sleeping_writer() {
+    let (mut tx, mut rx, _) = pair(12);
+    tx.write(&[&[0u8; 4096]]).unwrap();
+    rx.read(&mut [0u8; 4000]).unwrap();
+    tx.write(&[&[0u8; 4000]]).unwrap();
+    assert!(tx.prepare_wait().unwrap());
+    // The reader drains everything in one read: far more than half is free.
+    assert_eq!(
+        rx.read(&mut [0u8; 8192]).unwrap(),
+        Read::Data {
+            bytes: 4096,
+            wake_peer: true
+        }
+    );
 }
 
 #[test]
