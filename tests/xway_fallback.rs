@@ -221,3 +221,28 @@ async fn listener_that_cannot_advertise_serves_plain_tcp_and_says_why() {
         other => panic!("unexpected reason {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_cancelled_connect_abandons_its_offer_and_the_server_stays_on_tcp() {
+    let listener = XwayListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The listener's application is not accepting yet, so the client waits for its verdict;
+    // the connect future is dropped while it waits.
+    let config = XwayConfig::builder()
+        .rendezvous_timeout(Duration::from_secs(30))
+        .build();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(100),
+        XwayStream::connect_with(addr, &config),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "connect should still be waiting for the verdict"
+    );
+    let (server, _) = listener.accept().await.unwrap();
+    assert_eq!(
+        server.transport().fallback_reason(),
+        Some(&FallbackReason::ClientAbandoned)
+    );
+}

@@ -115,9 +115,11 @@ struct Offered {
     ring: ClientRing,
     tx: crate::ring::Producer,
     rx: crate::ring::Consumer,
+    _abandon: AbandonOnDrop,
 }
 
 impl Offered {
+    /// After an accept verdict: the client's endpoints and doorbell.
     fn into_parts(
         self,
     ) -> (
@@ -125,7 +127,30 @@ impl Offered {
         crate::ring::Consumer,
         Box<dyn crate::provider::Doorbell>,
     ) {
-        (self.tx, self.rx, Box::new(self.ring.into_doorbell()))
+        let Offered {
+            ring,
+            tx,
+            rx,
+            _abandon: mut guard,
+            ..
+        } = self;
+        guard.armed = false;
+        (tx, rx, Box::new(ring.into_doorbell()))
+    }
+}
+
+/// Abandons an offer whose `connect` is dropped or fails before it is accepted, so that a
+/// server accepting it later stays on TCP instead of claiming a ring nobody will use.
+struct AbandonOnDrop {
+    region: Region,
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            abandon(&self.region);
+        }
     }
 }
 
@@ -159,12 +184,17 @@ fn offer_ring(
     };
     ring.send_offer(rendezvous, &offer)
         .map_err(|e| setup_failed("sending the offer", e))?;
+    let _abandon = AbandonOnDrop {
+        region: region.clone(),
+        armed: true,
+    };
     Ok(Offered {
         region,
         nonce,
         ring,
         tx,
         rx,
+        _abandon,
     })
 }
 
