@@ -56,6 +56,10 @@ impl XwayListener {
     /// The errors of [`TcpListener::bind`]. Failing to advertise is not an error: the listener
     /// then serves plain TCP and logs why.
     ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes leaves nothing bound.
+    ///
     /// # Examples
     ///
     /// ```
@@ -70,6 +74,10 @@ impl XwayListener {
     }
 
     /// Binds to `addr` with the given configuration. See [`XwayListener::bind`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`XwayListener::bind`].
     ///
     /// # Examples
     ///

@@ -84,8 +84,9 @@ impl XwayStream {
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe in the sense that a cancelled call leaves no connection; resources
-    /// (descriptors, mappings, the half-open socket) are released on drop.
+    /// Dropping the future before it completes leaves no connection: descriptors, mappings and
+    /// the socket are released, and an offer already sent is abandoned, so the listener gives
+    /// that connection plain TCP (and sees it closed).
     ///
     /// # Examples
     ///
