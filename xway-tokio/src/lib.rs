@@ -73,6 +73,14 @@ mod stream;
 mod sys;
 mod transport;
 
+#[cfg(any(
+    feature = "stream",
+    feature = "hyper1",
+    feature = "tonic014",
+    feature = "axum08"
+))]
+mod integrations;
+
 pub use config::{
     Mode, UidPolicy, XwayConfig, XwayConfigBuilder, DEFAULT_RING_SIZE, DEFAULT_SPIN_BUDGET,
     FORCE_TCP_ENV,
@@ -83,6 +91,17 @@ pub use stream::{
 };
 pub use transport::{FallbackReason, Provider, Transport};
 
+#[cfg(feature = "hyper1")]
+pub use integrations::hyper::{XwayConnecting, XwayConnector};
+#[cfg(feature = "stream")]
+pub use integrations::incoming::XwayIncoming;
+#[cfg(any(
+    feature = "stream",
+    feature = "hyper1",
+    feature = "tonic014",
+    feature = "axum08"
+))]
+pub use integrations::XwayInfo;
 
 /// Names under which xway mirrors `tokio::net`, for `use xway_tokio::net::TcpStream`-style
 /// drop-in replacement.
