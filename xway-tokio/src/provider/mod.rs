@@ -19,6 +19,7 @@
 //! [`SharedMemory`]: crate::ring::SharedMemory
 
 pub(crate) mod local;
+pub(crate) mod xen;
 
 use std::fmt;
 use std::io;
