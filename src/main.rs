@@ -1,15 +1,67 @@
 //! `xway`: the xway command-line tool.
 //!
 //! ```text
-//! xway doctor     which providers work here, and for each that does not, why
-//! xway version    print the version
+//! xway doctor                                  which providers work here, and why not
+//! xway xen-selftest offerer|mapper PEER_DOMID [--wait-exit] [--timeout SECS]
+//!                                              Xen device self-test with another domain
+//! xway version                                 print the version
 //! ```
 
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: xway doctor | xway version");
+    eprintln!("usage: xway doctor | xway xen-selftest offerer|mapper PEER_DOMID [--wait-exit] [--timeout SECS] | xway version");
     ExitCode::from(2)
+}
+
+fn xen_selftest(args: &[String]) -> ExitCode {
+    use xway_tokio::doctor::{xen_device_selftest, XenSelftestRole};
+    let role = match args.first().map(String::as_str) {
+        Some("offerer") => XenSelftestRole::Offerer,
+        Some("mapper") => XenSelftestRole::Mapper,
+        _ => return usage(),
+    };
+    let Some(peer) = args.get(1).and_then(|d| d.parse::<u16>().ok()) else {
+        return usage();
+    };
+    let wait_exit = args.iter().any(|a| a == "--wait-exit");
+    let timeout = args
+        .iter()
+        .position(|a| a == "--timeout")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(60);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xway: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checks = rt.block_on(xen_device_selftest(
+        role,
+        peer,
+        wait_exit,
+        std::time::Duration::from_secs(timeout),
+    ));
+    let mut ok = true;
+    for c in &checks {
+        match &c.result {
+            Ok(d) => println!("XEN-SELFTEST PASS {}: {d}", c.what),
+            Err(e) => {
+                ok = false;
+                println!("XEN-SELFTEST FAIL {}: {e}", c.what);
+            }
+        }
+    }
+    if ok && !checks.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn main() -> ExitCode {
@@ -32,6 +84,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Some("xen-selftest") => xen_selftest(&args[1..]),
         Some("version" | "--version" | "-V") => {
             println!("xway {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -121,6 +121,56 @@ fn diagnose_xen() -> ProviderReport {
     }
 }
 
+/// Which side of [`xen_device_selftest`] this domain plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XenSelftestRole {
+    /// Shares pages (gntalloc), binds an unbound event channel, publishes both in XenStore.
+    Offerer,
+    /// Reads the offer from XenStore, maps the pages (gntdev), binds to the event channel.
+    Mapper,
+}
+
+/// Exercises the Xen provider's device layer with another domain running the other role:
+/// grant sharing and mapping, event channels both ways, a XenStore node only the two domains
+/// can read, and unmap-notify when the other side exits. `peer_domid` must come from a trusted
+/// source (the toolstack, the operator). Every step is bounded by `timeout`.
+///
+/// Returns one [`Check`] per step; all `Ok` means the devices work between the two domains.
+/// On a machine without Xen the first step fails and says why.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f() {
+/// use std::time::Duration;
+/// use xway_tokio::doctor::{xen_device_selftest, XenSelftestRole};
+/// let checks = xen_device_selftest(XenSelftestRole::Mapper, 1, true, Duration::from_secs(30)).await;
+/// assert!(checks.iter().all(|c| c.result.is_ok()));
+/// # }
+/// ```
+pub async fn xen_device_selftest(
+    role: XenSelftestRole,
+    peer_domid: u16,
+    wait_for_peer_exit: bool,
+    timeout: std::time::Duration,
+) -> Vec<Check> {
+    use crate::provider::xen::{selftest, DomId};
+    let Some(peer) = DomId::new(peer_domid) else {
+        return vec![check(
+            "peer domain id",
+            Err(format!("{peer_domid} is a reserved domain id")),
+        )];
+    };
+    let checks = match role {
+        XenSelftestRole::Offerer => selftest::offerer(peer, wait_for_peer_exit, timeout).await,
+        XenSelftestRole::Mapper => selftest::mapper(peer, wait_for_peer_exit, timeout).await,
+    };
+    checks
+        .into_iter()
+        .map(|c| check(c.what, c.result))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
