@@ -10,6 +10,7 @@
 #
 # Extension points, in order of the run:
 #   guest_extra()     kernel args per guest (e.g. xway_expect_ring=1 once the Xen provider exists)
+#   dom0_after_create() dom0 setup once the guests exist (e.g. publish IP -> domid for discovery)
 #   dom0_checks()     checks dom0 runs while the guests run (today: a plain TCP peer against guest A)
 #   REQUIRED          checks that must have PASSed (a check that silently did not run is a FAIL)
 #   (coming) domain-destroyed: `xl destroy xway-a` from dom0_checks() while guest B reads, and expect
@@ -28,6 +29,7 @@ CONNS=3
 REQUIRED="
 server:dev-evtchn server:dev-gntalloc server:dev-gntdev server:dev-xenbus
 client:dev-evtchn client:dev-gntalloc client:dev-gntdev client:dev-xenbus
+server:loopback:bulk-echo server:loopback:half-close client:loopback:bulk-echo client:loopback:half-close
 server:listen server:served
 server:echo:xway-client@$CLIENT_IP server:echo:plain-peer@$CLIENT_IP server:echo:plain-peer@$DOM0_IP
 client:connect
@@ -107,6 +109,12 @@ create() {  # one retry in place: the known TCG flake (domain build / XZ decompr
 create a
 create b
 xl list
+
+# Extension point: dom0-side setup that needs the guests' domain ids, e.g. publishing the IP -> domid
+# map the Xen provider's discovery reads from XenStore (the project's dom0 command, once it exists:
+# copy it to the payload in stages/50-payload.sh and call it here).
+dom0_after_create() { :; }
+dom0_after_create
 
 dom0_checks() {
   ts "waiting for guest A's listener"

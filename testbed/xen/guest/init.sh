@@ -25,6 +25,8 @@ run() {
   [ $rc = 0 ] || { echo "XWAY-TEST $R $name-exit FAIL exit status $rc"; ok=0; }
 }
 run devices 20 devices
+# Canary for the emulation itself (see README.md: -cpu max corrupted guest memory): 4 MiB over 127.0.0.1.
+run loopback 90 loopback --bytes 4194304 --deadline 80
 ring=; [ "$xway_expect_ring" = 1 ] && ring=--expect-ring
 case $R in
   server)

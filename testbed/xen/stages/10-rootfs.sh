@@ -20,8 +20,10 @@ t0=$(date +%s)
 debootstrap --variant=minbase --cache-dir="$C/debcache" "$SUITE" "$R" "$MIRROR"
 t1=$(date +%s)
 printf '#!/bin/sh\nexit 101\n' > "$R/usr/sbin/policy-rc.d"; chmod +x "$R/usr/sbin/policy-rc.d"
-# Smaller initrd, built faster: only the modules a virtio disk needs are loaded anyway.
-mkdir -p "$R/etc/initramfs-tools/conf.d"; echo 'COMPRESS=zstd' > "$R/etc/initramfs-tools/conf.d/xway-testbed"
+# Small initrd, built and unpacked fast: dom0's root is ext4 on virtio-blk, nothing else is needed.
+mkdir -p "$R/etc/initramfs-tools/conf.d"
+printf 'MODULES=list\nCOMPRESS=zstd\n' > "$R/etc/initramfs-tools/conf.d/xway-testbed"
+printf 'virtio_pci\nvirtio_blk\next4\n' > "$R/etc/initramfs-tools/modules"
 mount --bind "$C/aptcache" "$R/var/cache/apt/archives"
 mount -t proc proc "$R/proc"
 chroot "$R" apt-get update -q

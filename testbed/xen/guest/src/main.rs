@@ -23,6 +23,8 @@
 //!   below; `--expect-ring` (extension point for the Xen provider) turns "transport is a ring" into a check.
 //! * `plain-peer --peer ADDR [--bytes N]`: the same exchange over a plain `tokio::net::TcpStream`: the
 //!   listener must behave exactly like a TCP listener for it (invariant I1).
+//! * `loopback [--bytes N]`: the same exchange over 127.0.0.1 with plain tokio types, inside this kernel:
+//!   a sanity check of the (emulated) machine, independent of xway and of the virtual network.
 //!
 //! The exchange: no unsolicited bytes before we speak; tag line; small messages (1 B .. 4 KiB) one at a
 //! time; N bytes (default 1 MiB) of a deterministic pattern written in odd-sized chunks while the echo
@@ -175,7 +177,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: xway-testbed-guest devices|tcp-server|tcp-client|plain-peer|version --role R \
+        "usage: xway-testbed-guest devices|loopback|tcp-server|tcp-client|plain-peer|version --role R \
          [--listen IP:PORT] [--peer IP:PORT] [--conns N] [--bytes N] [--rtt-iters N] [--expect-ring] [--deadline SECS]"
     );
     std::process::exit(2)
@@ -235,6 +237,7 @@ async fn main() {
             "tcp-server" => tcp_server(&mut rep, &args).await,
             "tcp-client" => tcp_client(&mut rep, &args).await,
             "plain-peer" => plain_peer(&mut rep, &args).await,
+            "loopback" => loopback(&mut rep, &args).await,
             "version" => {}
             _ => usage(),
         }
@@ -277,7 +280,8 @@ async fn tcp_server(rep: &mut Report, a: &Args) {
                     rep.info(format_args!("accepted #{accepted} from {peer}: transport {}", stream.transport()));
                     let tx = tx.clone();
                     tokio::spawn(async move {
-                        let (name, ok, detail) = serve(stream, peer).await;
+                        let (t, ring) = (stream.transport().to_string(), stream.transport().is_ring());
+                        let (name, ok, detail) = serve(stream, peer, t, ring).await;
                         let _ = tx.send((name, ok, detail));
                     });
                 }
@@ -293,9 +297,7 @@ async fn tcp_server(rep: &mut Report, a: &Args) {
 }
 
 /// Echo until EOF, then half-close. Names the check after the peer's tag line.
-async fn serve(mut s: XwayStream, peer: SocketAddr) -> (String, bool, String) {
-    let transport = s.transport().to_string();
-    let ring = s.transport().is_ring();
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, peer: SocketAddr, transport: String, ring: bool) -> (String, bool, String) {
     let mut head = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
@@ -384,10 +386,35 @@ async fn plain_peer(rep: &mut Report, a: &Args) {
     exchange(rep, s, "plain-peer", a, "plain tokio TcpStream").await;
 }
 
+/// Sanity check of the machine itself, no xway involved: the same exchange over 127.0.0.1 with plain
+/// tokio types inside this one kernel. If this fails, the emulation (not the library) is broken.
+async fn loopback(rep: &mut Report, a: &Args) {
+    let l = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(l) => l,
+        Err(e) => return rep.check("loopback:listen", false, e),
+    };
+    let addr = l.local_addr().expect("local_addr");
+    let server = tokio::spawn(async move {
+        let (s, peer) = l.accept().await?;
+        Ok::<_, io::Error>(serve(s, peer, "loopback tcp".into(), false).await)
+    });
+    let Some(s) = retry_connect(rep, "loopback connect", addr, || tokio::net::TcpStream::connect(addr)).await else { return };
+    exchange(rep, s, "loopback", a, "loopback tcp").await;
+    match server.await {
+        Ok(Ok((_, ok, detail))) => rep.check("loopback:server", ok, detail),
+        Ok(Err(e)) => rep.check("loopback:server", false, e),
+        Err(e) => rep.check("loopback:server", false, e),
+    }
+}
+
 /// Deterministic, non-periodic byte pattern.
 fn pattern(i: u64) -> u8 {
     let x = i.wrapping_add(0x1234_5678).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (x >> 56) as u8 ^ (i as u8)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn io_err(what: &str, e: impl Display) -> io::Error {
@@ -445,7 +472,18 @@ where
                 return Err(io_err("read", format_args!("EOF after {off} of {n} B")));
             }
             if let Some(i) = buf[..got].iter().enumerate().position(|(j, &b)| b != pattern(off + j as u64)) {
-                return Err(io_err("mismatch", format_args!("echo differs at byte {}", off + i as u64)));
+                let at = off + i as u64;
+                let end = (i + 16).min(got);
+                let exp: Vec<u8> = (at..off + end as u64).map(pattern).collect();
+                let bad = (i..got).filter(|&j| buf[j] != pattern(off + j as u64)).count();
+                return Err(io_err(
+                    "mismatch",
+                    format_args!(
+                        "echo differs at byte {at} (read of {got} B at {off}, {bad} bad bytes in it): got {} want {}",
+                        hex(&buf[i..end]),
+                        hex(&exp)
+                    ),
+                ));
             }
             off += got as u64;
         }
