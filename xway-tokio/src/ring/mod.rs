@@ -170,6 +170,20 @@ impl Pipe {
         fence(SeqCst);
     }
 
+    /// Adds `flag` to this side's flags word `field` (whose authoritative copy is `flags`).
+    /// Returns true the first time.
+    fn set_own_flag(&self, field: usize, flags: &mut u32, flag: u32) -> bool {
+        if *flags & flag != 0 {
+            return false;
+        }
+        *flags |= flag;
+        // Release: everything this side published /before/ the flag (a producer's last bytes,
+        // a consumer's last index).
+        self.region.store(self.ctl + field, *flags, Release);
+        fence(SeqCst);
+        true
+    }
+
     fn cancel_request(&self, bit: u32) {
         self.region.fetch_and(self.ctl + NOTIFY, !bit, Relaxed);
     }
@@ -300,16 +314,7 @@ impl Producer {
     }
 
     fn set_flag(&mut self, flag: u32) -> bool {
-        if self.flags & flag != 0 {
-            return false;
-        }
-        self.flags |= flag;
-        // Release: every byte published /before/ the flag.
-        self.pipe
-            .region
-            .store(self.pipe.ctl + PROD_FLAGS, self.flags, Release);
-        fence(SeqCst);
-        true
+        self.pipe.set_own_flag(PROD_FLAGS, &mut self.flags, flag)
     }
 
     /// Marks the end of the stream (a FIN). Returns true the first time; the caller then rings
@@ -480,15 +485,7 @@ impl Consumer {
     }
 
     fn set_flag(&mut self, flag: u32) -> bool {
-        if self.flags & flag != 0 {
-            return false;
-        }
-        self.flags |= flag;
-        self.pipe
-            .region
-            .store(self.pipe.ctl + CONS_FLAGS, self.flags, Release);
-        fence(SeqCst);
-        true
+        self.pipe.set_own_flag(CONS_FLAGS, &mut self.flags, flag)
     }
 
     /// Tells the producer no more bytes will be read. Returns true the first time.
