@@ -14,6 +14,9 @@
 //!     WROTE <total> after each chunk has been accepted by the stream
 //! xway-peer echo-client ADDR [--tcp-only]
 //!     CONNECTED <transport>; echoes every byte it receives until EOF
+//! xway-peer source-server [ADDR] [--chunk BYTES] [--tcp-only]
+//!     LISTENING <addr>, ACCEPTED <transport>; writes the byte pattern `i % 251` to its one
+//!     connection forever, printing WROTE <total> after each chunk (`source`, server side)
 //! ```
 //!
 //! `--tcp-only` uses `Mode::TcpOnly`; `XWAY_FORCE_TCP=1` has the same effect process-wide.
@@ -170,6 +173,21 @@ async fn run(args: Args) -> io::Result<()> {
             let n = echo(&mut stream).await?;
             say(format_args!("ECHOED {n}"));
             Ok(())
+        }
+        "source-server" => {
+            let listener = XwayListener::bind_with(&addr, config(&args)).await?;
+            say(format_args!("LISTENING {}", listener.local_addr()?));
+            let (mut stream, _) = listener.accept().await?;
+            say(format_args!("ACCEPTED {}", stream.transport()));
+            let mut total: u64 = 0;
+            let mut chunk = Vec::with_capacity(args.chunk);
+            loop {
+                chunk.clear();
+                chunk.extend((0..args.chunk as u64).map(|i| ((total + i) % 251) as u8));
+                stream.write_all(&chunk).await?;
+                total += args.chunk as u64;
+                say(format_args!("WROTE {total}"));
+            }
         }
         other => Err(io::Error::other(format!("unknown mode {other}"))),
     }

@@ -73,6 +73,11 @@ mod stream;
 mod sys;
 mod transport;
 
+// Wrappers over internals for the fuzz targets in `fuzz/` (`cargo fuzz` sets `--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(any(
     feature = "stream",
     feature = "hyper1",

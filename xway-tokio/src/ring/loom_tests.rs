@@ -105,3 +105,93 @@ fn loom_double_close_rings_once() {
         assert!(rx.is_ready().unwrap());
     });
 }
+
+/// The producer's close races the consumer's `prepare_wait` on an empty ring: the close rings
+/// the reader's bell unconditionally the first time (as `shutdown_write` and `Drop` do), so a
+/// reader that decided to sleep just before the flag landed is still woken and sees the end.
+#[test]
+fn loom_close_racing_prepare_wait_is_never_a_lost_wake() {
+    model_transfer(b"", true);
+}
+
+/// The producer aborts (as `RingIo::fail` does: abort flag, then an unconditional doorbell)
+/// while the consumer is deciding to sleep: the consumer gets the byte published before the
+/// abort, then `Aborted`, and never sleeps forever.
+#[test]
+fn loom_producer_abort_racing_prepare_wait_is_seen_after_the_data() {
+    model(|| {
+        let region = Region::new_simulated(512);
+        let mut tx = Producer::new(region.clone(), CTL, DATA, ORDER);
+        let mut rx = Consumer::new(region, CTL, DATA, ORDER);
+        let reader_bell = Arc::new(Notify::new());
+        let rb = reader_bell.clone();
+        let writer = thread::spawn(move || {
+            assert_eq!(tx.write(&[b"a"]).unwrap().bytes, 1);
+            assert!(tx.abort());
+            rb.notify();
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2];
+        loop {
+            match rx.read(&mut buf).unwrap() {
+                Read::Data { bytes, .. } => got.extend_from_slice(&buf[..bytes]),
+                Read::Empty => {
+                    if rx.prepare_wait().unwrap() {
+                        reader_bell.wait();
+                    }
+                }
+                Read::Aborted => break,
+                Read::Closed => panic!("an abort is not a close"),
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(got, b"a");
+    });
+}
+
+/// The consumer aborts (or closes) while the producer, facing a full ring, decides to sleep:
+/// the consumer's flag plus its unconditional doorbell always reach the producer, which then
+/// stops instead of waiting for space that will never come.
+fn model_reader_leaves_full_ring(abort: bool) {
+    model(move || {
+        let region = Region::new_simulated(512);
+        let mut tx = Producer::new(region.clone(), CTL, DATA, ORDER);
+        let mut rx = Consumer::new(region, CTL, DATA, ORDER);
+        let writer_bell = Arc::new(Notify::new());
+        let wb = writer_bell.clone();
+        let reader = thread::spawn(move || {
+            let first = if abort { rx.abort() } else { rx.close() };
+            assert!(first);
+            wb.notify();
+        });
+        assert_eq!(tx.write(&[b"xy"]).unwrap().bytes, 2); // the ring is now full
+        loop {
+            match tx.reader() {
+                PeerReader::Open => {}
+                PeerReader::Gone => {
+                    assert!(!abort);
+                    break;
+                }
+                PeerReader::Aborted => {
+                    assert!(abort);
+                    break;
+                }
+            }
+            assert_eq!(tx.write(&[b"z"]).unwrap().bytes, 0, "nobody reads");
+            if tx.prepare_wait().unwrap() {
+                writer_bell.wait();
+            }
+        }
+        reader.join().unwrap();
+    });
+}
+
+#[test]
+fn loom_consumer_abort_racing_producer_prepare_wait_stops_the_writer() {
+    model_reader_leaves_full_ring(true);
+}
+
+#[test]
+fn loom_consumer_close_racing_producer_prepare_wait_stops_the_writer() {
+    model_reader_leaves_full_ring(false);
+}

@@ -174,6 +174,8 @@ impl RingIo {
         lock(&self.tx).abort();
         lock(&self.rx).abort();
         let _ = self.doorbell.ring_peer();
+        // Wake a task parked in the other half: it must see the failure too (I4).
+        self.fan_out.wake_by_ref();
         err
     }
 
