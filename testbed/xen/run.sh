@@ -14,6 +14,7 @@
 #   XWAY_TESTBED_GUEST_LOG     tracing level for the guest binary (e.g. debug); XWAY_LOG in the guests
 #   XWAY_TESTBED_EXPECT_RING   1: require the guest-to-guest XwayStream to be on a ring (Xen provider)
 #   XWAY_TESTBED_BYTES         bulk bytes per exchange (default 1048576)
+#   XWAY_TESTBED_XEN_SELFTEST  1 (default): run the Xen device-layer self-test in both guests; 0: skip it
 #   XWAY_TESTBED_MIRROR        Debian mirror (default: the one this host's apt uses)
 #   XWAY_TESTBED_ACCEL / _CPU  QEMU accelerator and CPU (default tcg / max; see README.md)
 #   XWAY_TESTBED_XEN_ARGS_EXTRA, XWAY_TESTBED_DOM0_ARGS_EXTRA  appended to the Xen / dom0 command lines
@@ -118,6 +119,7 @@ stage guest-initramfs "$K_INITRAMFS" 40-guest-initramfs.sh
   echo "GUEST_LOG=${XWAY_TESTBED_GUEST_LOG:-}"
   echo "EXPECT_RING=${XWAY_TESTBED_EXPECT_RING:-0}"
   echo "BYTES=${XWAY_TESTBED_BYTES:-1048576}"
+  echo "XEN_SELFTEST=${XWAY_TESTBED_XEN_SELFTEST:-1}"
 } > "$B/settings.env.new"
 cmp -s "$B/settings.env.new" "$B/settings.env" && rm "$B/settings.env.new" || mv "$B/settings.env.new" "$B/settings.env"
 K_PAYLOAD=$(key "$K_INITRAMFS" "$TB/stages/50-payload.sh" "$TB/dom0/driver.sh" "$B/settings.env")

@@ -39,6 +39,15 @@ client:plain-peer:no-unsolicited-bytes client:plain-peer:bulk-echo client:plain-
 dom0:plain-peer:no-unsolicited-bytes dom0:plain-peer:bulk-echo dom0:plain-peer:half-close
 "
 [ "${EXPECT_RING:-0}" = 1 ] && REQUIRED="$REQUIRED client:ring-used"
+# Xen device layer self-test (guest/init.sh): round 1 A offers / B maps and exits; round 2 B offers /
+# A maps and is killed with SIGKILL.
+[ "${XEN_SELFTEST:-0}" = 1 ] && [ "$FLAVOR" = xway ] && REQUIRED="$REQUIRED
+server:xen-selftest:peer-domid server:xen-selftest:offer server:xen-selftest:receive
+server:xen-selftest:notify server:xen-selftest:peer-exit
+client:xen-selftest:map client:xen-selftest:notify client:xen-selftest:receive
+client:xen-selftest-killed:offer client:xen-selftest-killed:receive client:xen-selftest-killed:notify
+client:xen-selftest-killed:peer-exit server:xen-selftest-killed:peer-domid server:xen-selftest-killed:holder-killed
+"
 
 finish() {
   local verdict=$1
@@ -69,19 +78,20 @@ xl info | grep -E '^(xen_version|nr_cpus|total_memory|free_memory|xen_commandlin
 ip link add xenbr0 type bridge && ip addr add $DOM0_IP/24 dev xenbr0 && ip link set xenbr0 up
 ip link set lo up
 
-guest_extra() {  # <role> <ip> <peer>
+guest_extra() {  # <role> <ip> <peer> [more args]
   local e="console=hvc0 loglevel=4 xway_role=$1 xway_ip=$2/24 xway_peer=$3 xway_port=$PORT"
   e="$e xway_conns=$CONNS xway_bytes=${BYTES:-1048576} xway_expect_ring=${EXPECT_RING:-0}"
+  e="$e xway_xen_selftest=${XEN_SELFTEST:-0}${4:+ $4}"
   [ -n "${GUEST_LOG:-}" ] && e="$e xway_log=$GUEST_LOG"
   echo "$e"
 }
-mkcfg() {  # <letter> <role> <ip> <peer> <mac-suffix>
+mkcfg() {  # <letter> <role> <ip> <peer> <mac-suffix> [more kernel args]
   cat > /tmp/guest-$1.cfg <<CFG
 name     = "xway-$1"
 type     = "pv"
 kernel   = "/lab/vmlinux"
 ramdisk  = "/lab/guest.cpio.gz"
-extra    = "$(guest_extra "$2" "$3" "$4")"
+extra    = "$(guest_extra "$2" "$3" "$4" "${6:-}")"
 memory   = 256
 vcpus    = 1
 vif      = [ "mac=00:16:3e:00:00:$5,bridge=xenbr0" ]
@@ -89,8 +99,6 @@ on_poweroff = "destroy"
 on_crash    = "destroy"
 CFG
 }
-mkcfg a server $SERVER_IP $CLIENT_IP 0a
-mkcfg b client $CLIENT_IP $SERVER_IP 0b
 
 create() {  # one retry in place: the known TCG flake (domain build / XZ decompress) is intermittent
   ts "xl create xway-$1"
@@ -106,19 +114,32 @@ create() {  # one retry in place: the known TCG flake (domain build / XZ decompr
   xl destroy xway-a 2>/dev/null; xl destroy xway-b 2>/dev/null
   finish "FAIL xl create xway-$1"
 }
+# Domain ids come from the toolstack (a trusted source): B gets A's on its kernel command line (so A
+# is created first), A gets B's from a dom0-owned XenStore node (dom0_after_create).
+mkcfg a server $SERVER_IP $CLIENT_IP 0a
 create a
+DOMID_A=$(xl domid xway-a)
+mkcfg b client $CLIENT_IP $SERVER_IP 0b "xway_peer_domid=$DOMID_A"
 create b
+DOMID_B=$(xl domid xway-b)
 xl list
 
 # Extension point: dom0-side setup that needs the guests' domain ids, e.g. publishing the IP -> domid
 # map the Xen provider's discovery reads from XenStore (the project's dom0 command, once it exists:
 # copy it to the payload in stages/50-payload.sh and call it here).
-dom0_after_create() { :; }
+dom0_after_create() {
+  # Guest A's peer domain id, readable by A only, writable by dom0 only (xenstore-perms.md: a node dom0
+  # creates under A's home inherits owner A until the chmod; A's reader waits for owner dom0).
+  local n=/local/domain/$DOMID_A/data/xway-peer-domid
+  xenstore-write "$n" "$DOMID_B" && xenstore-chmod "$n" n0 "r$DOMID_A" || ts "publishing $n failed"
+  ts "domain ids: xway-a=$DOMID_A xway-b=$DOMID_B; $n = $(xenstore-read "$n") ($(xenstore-ls -p "$n" 2>/dev/null | tr -s ' '))"
+}
 dom0_after_create
 
 dom0_checks() {
   ts "waiting for guest A's listener"
-  for i in $(seq 240); do grep -aq 'XWAY-READY server' $CON/guest-xway-a.log 2>/dev/null && break; sleep 0.5; done
+  # 200 s: guest A runs devices, loopback and the Xen self-test (2 rounds) before it listens.
+  for i in $(seq 400); do grep -aq 'XWAY-READY server' $CON/guest-xway-a.log 2>/dev/null && break; sleep 0.5; done
   ts "server ready; dom0 plain-peer check"
   timeout 150 /lab/xway-testbed-guest plain-peer --role dom0 --peer $SERVER_IP:$PORT --bytes "${BYTES:-1048576}" \
     --deadline 140 > "$DOM0LOG" 2>&1

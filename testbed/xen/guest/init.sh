@@ -1,12 +1,14 @@
 #!/bin/sh
 # /init of the PV guests' initramfs (busybox). Configured by kernel args (xl `extra=`, written by
 # dom0/driver.sh): xway_role=server|client xway_ip=A.B.C.D/24 xway_peer=IP xway_port=N xway_conns=N
-# xway_bytes=N xway_log=LEVEL xway_expect_ring=0|1.
+# xway_bytes=N xway_log=LEVEL xway_expect_ring=0|1 xway_xen_selftest=0|1 xway_peer_domid=N (client only:
+# guest A's domain id, from dom0's toolstack; guest A reads guest B's from a dom0-owned XenStore node).
 # Runs the test binary's subcommands for its role; every line the binary prints goes to the console
 # (xenconsoled's log in dom0). Ends with `GUEST-RESULT <role> ok=<0|1>` and powers off.
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 xway_role=unknown xway_port=7000 xway_conns=1 xway_bytes=1048576 xway_log= xway_expect_ring=0
+xway_xen_selftest=0 xway_peer_domid=
 for a in $(cat /proc/cmdline); do case $a in xway_*=*) eval "$a";; esac; done
 R=$xway_role
 echo "XWAY-INFO $R guest up: kernel $(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s"
@@ -27,10 +29,55 @@ run() {
 run devices 20 devices
 # Canary for the emulation itself (see README.md: -cpu max corrupted guest memory): 4 MiB over 127.0.0.1.
 run loopback 90 loopback --bytes 4194304 --deadline 80
+
+# Xen device layer (xway_tokio::doctor::xen_device_selftest), two rounds:
+#  1. A offers (waits for the mapper's exit), B maps and exits: grants, event channels both ways,
+#     XenStore perms, unmap-notify on a clean exit.
+#  2. B offers (waits for the mapper's exit), A maps and holds (--wait-exit: the offerer never exits
+#     first) until this script kill -9s it once its gntdev mapping is visible: unmap-notify on a
+#     killed process. Swapping roles means round 2's offer node (in B's home) cannot be confused with
+#     round 1's (in A's home).
+SELFTEST_NODE=data/xway-peer-domid   # written by dom0 (dom0/driver.sh), relative to our XenStore home
+hold_and_kill() {  # <prefix>: run a mapper in the background, kill -9 it once it has mapped
+  mkdir -p /tmp
+  "$T" xen-devices --xen-role mapper --peer-domid-node $SELFTEST_NODE --wait-exit --prefix "$1" \
+    --deadline 140 --role "$R" > /tmp/hold.out 2>&1 &
+  pid=$! mapped=0 alive=0
+  for i in $(seq 1200); do
+    grep -q /dev/xen/gntdev /proc/$pid/maps 2>/dev/null && { mapped=1; break; }
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.1
+  done
+  # Mapping -> bind -> set unmap-notify -> write -> notify take microseconds; 2 s is ample under TCG.
+  [ $mapped = 1 ] && sleep 2
+  kill -0 $pid 2>/dev/null && alive=1
+  kill -9 $pid 2>/dev/null; wait $pid; rc=$?
+  cat /tmp/hold.out
+  if [ $mapped = 1 ] && [ $alive = 1 ] && [ $rc = 137 ]; then
+    echo "XWAY-TEST $R $1:holder-killed PASS mapper pid $pid held the mapping and was killed with SIGKILL"
+  else
+    echo "XWAY-TEST $R $1:holder-killed FAIL mapped=$mapped alive-at-kill=$alive exit status $rc"; ok=0
+  fi
+}
+if [ "$xway_xen_selftest" = 1 ]; then
+  case $R in
+    server)
+      run xen-selftest 150 xen-devices --xen-role offerer --peer-domid-node $SELFTEST_NODE --wait-exit \
+        --prefix xen-selftest --deadline 140
+      hold_and_kill xen-selftest-killed ;;
+    client)
+      run xen-selftest 150 xen-devices --xen-role mapper --peer-domid "$xway_peer_domid" \
+        --prefix xen-selftest --deadline 140
+      run xen-selftest-killed 150 xen-devices --xen-role offerer --peer-domid "$xway_peer_domid" --wait-exit \
+        --prefix xen-selftest-killed --deadline 140 ;;
+  esac
+fi
+
 ring=; [ "$xway_expect_ring" = 1 ] && ring=--expect-ring
 case $R in
   server)
-    run tcp-server 180 tcp-server --listen 0.0.0.0:$xway_port --conns "$xway_conns" --deadline 170 ;;
+    # 290 s: it serves guest B's two exchanges one after the other (170 s was cut short under host load).
+    run tcp-server 300 tcp-server --listen 0.0.0.0:$xway_port --conns "$xway_conns" --deadline 290 ;;
   client)
     ping -c 1 -W 5 "$xway_peer" >/dev/null 2>&1 || echo "XWAY-INFO $R ping $xway_peer failed (continuing)"
     run tcp-client 150 tcp-client --peer "$xway_peer:$xway_port" --bytes "$xway_bytes" $ring --deadline 140

@@ -5,7 +5,7 @@ set -euo pipefail
 : "${TB:?}" "${B:?}" "${GUEST_BIN:?}"
 G=$B/guest-root; rm -rf "$G"; mkdir -p "$G"/{bin,proc,sys,dev,tmp,lib/modules}
 cp "$B/busybox" "$G/bin/busybox"
-for a in sh mount ls cat echo sleep ip insmod poweroff grep sed dmesg uname timeout ping cut tee; do ln -s busybox "$G/bin/$a"; done
+for a in sh mount ls cat echo sleep ip insmod poweroff grep sed dmesg uname timeout ping cut tee seq kill; do ln -s busybox "$G/bin/$a"; done
 cp "$B"/guest-modules/*.ko "$G/lib/modules/"
 cp "$GUEST_BIN" "$G/bin/xway-testbed-guest"
 install -m 0755 "$TB/guest/init.sh" "$G/init"

@@ -23,6 +23,12 @@
 //!   below; `--expect-ring` (extension point for the Xen provider) turns "transport is a ring" into a check.
 //! * `plain-peer --peer ADDR [--bytes N]`: the same exchange over a plain `tokio::net::TcpStream`: the
 //!   listener must behave exactly like a TCP listener for it (invariant I1).
+//! * `xen-devices --xen-role offerer|mapper (--peer-domid N | --peer-domid-node PATH) [--wait-exit]
+//!   [--prefix P]`: `xway_tokio::doctor::xen_device_selftest` against the other guest (grants, event
+//!   channels, XenStore, unmap-notify); one `XWAY-TEST <role> <P>:<step>` line per step (default
+//!   prefix `xen-selftest`). The peer's domain id comes from the toolstack: the kernel command line
+//!   (`--peer-domid`, written by dom0 at `xl create`) or a dom0-owned XenStore node readable by this
+//!   domain (`--peer-domid-node`, relative to our home; its owner is checked: `<P>:peer-domid`).
 //! * `loopback [--bytes N]`: the same exchange over 127.0.0.1 with plain tokio types, inside this kernel:
 //!   a sanity check of the (emulated) machine, independent of xway and of the virtual network.
 //!
@@ -173,12 +179,18 @@ struct Args {
     rtt_iters: usize,
     expect_ring: bool,
     deadline: Duration,
+    xen_role: Option<String>,
+    peer_domid: Option<u16>,
+    peer_domid_node: Option<String>,
+    wait_exit: bool,
+    prefix: String,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: xway-testbed-guest devices|loopback|tcp-server|tcp-client|plain-peer|version --role R \
-         [--listen IP:PORT] [--peer IP:PORT] [--conns N] [--bytes N] [--rtt-iters N] [--expect-ring] [--deadline SECS]"
+        "usage: xway-testbed-guest devices|loopback|tcp-server|tcp-client|plain-peer|xen-devices|version --role R \
+         [--listen IP:PORT] [--peer IP:PORT] [--conns N] [--bytes N] [--rtt-iters N] [--expect-ring] [--deadline SECS] \
+         [--xen-role offerer|mapper] [--peer-domid N | --peer-domid-node PATH] [--wait-exit] [--prefix P]"
     );
     std::process::exit(2)
 }
@@ -196,10 +208,19 @@ fn parse_args() -> Args {
         rtt_iters: 200,
         expect_ring: false,
         deadline: Duration::from_secs(150),
+        xen_role: None,
+        peer_domid: None,
+        peer_domid_node: None,
+        wait_exit: false,
+        prefix: "xen-selftest".into(),
     };
     while let Some(k) = it.next() {
         if k == "--expect-ring" {
             a.expect_ring = true;
+            continue;
+        }
+        if k == "--wait-exit" {
+            a.wait_exit = true;
             continue;
         }
         let v = it.next().unwrap_or_else(|| usage());
@@ -213,6 +234,10 @@ fn parse_args() -> Args {
             "--bytes" => a.bytes = num(&v),
             "--rtt-iters" => a.rtt_iters = num(&v),
             "--deadline" => a.deadline = Duration::from_secs(num(&v) as u64),
+            "--xen-role" => a.xen_role = Some(v),
+            "--peer-domid" => a.peer_domid = Some(v.parse().unwrap_or_else(|_| usage())),
+            "--peer-domid-node" => a.peer_domid_node = Some(v),
+            "--prefix" => a.prefix = v,
             _ => usage(),
         }
     }
@@ -238,6 +263,7 @@ async fn main() {
             "tcp-client" => tcp_client(&mut rep, &args).await,
             "plain-peer" => plain_peer(&mut rep, &args).await,
             "loopback" => loopback(&mut rep, &args).await,
+            "xen-devices" => xen_devices(&mut rep, &args).await,
             "version" => {}
             _ => usage(),
         }
@@ -256,6 +282,119 @@ fn devices(rep: &mut Report) {
         let path = format!("/dev/xen/{d}");
         let r = std::fs::OpenOptions::new().read(true).write(true).open(&path);
         rep.result(&format!("dev-{d}"), r.map_err(|e| format!("{path}: {e}")), |_| format!("{path} opened read-write"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// xen devices
+
+/// The library's device self-test against the other guest. The library bounds every step by its own
+/// timeout; ours is 5 s shorter than `--deadline` so that its failures are reported, not cut off.
+async fn xen_devices(rep: &mut Report, a: &Args) {
+    let p = a.prefix.clone();
+    let role = a.xen_role.clone().unwrap_or_else(|| usage());
+    let t0 = Instant::now();
+    let budget = a.deadline.saturating_sub(Duration::from_secs(5));
+    let peer = match (a.peer_domid, &a.peer_domid_node) {
+        (Some(d), _) => {
+            rep.info(format_args!("{p}: peer domain id {d} from the kernel command line (dom0's toolstack)"));
+            d
+        }
+        (None, Some(node)) => match xs::peer_domid(node, t0 + budget / 2).await {
+            Ok((d, detail)) => {
+                rep.check(&format!("{p}:peer-domid"), true, format_args!("{d}: {detail}"));
+                d
+            }
+            Err(e) => return rep.check(&format!("{p}:peer-domid"), false, e),
+        },
+        (None, None) => usage(),
+    };
+    rep.info(format_args!("{p}: {role} with dom{peer}, wait-exit={}, timeout {:?}", a.wait_exit, budget));
+    run_selftest(rep, &p, &role, peer, a.wait_exit, budget.saturating_sub(t0.elapsed())).await;
+    rep.info(format_args!("{p}: {role} finished in {:.2}s", t0.elapsed().as_secs_f64()));
+}
+
+#[cfg(not(feature = "plain"))]
+async fn run_selftest(rep: &mut Report, p: &str, role: &str, peer: u16, wait_exit: bool, t: Duration) {
+    use xway_tokio::doctor::{xen_device_selftest, XenSelftestRole};
+    let role = match role {
+        "offerer" => XenSelftestRole::Offerer,
+        "mapper" => XenSelftestRole::Mapper,
+        _ => usage(),
+    };
+    for c in xen_device_selftest(role, peer, wait_exit, t).await {
+        let name = format!("{p}:{}", c.what.replace(' ', "-"));
+        rep.result(&name, c.result, |d| d.clone());
+    }
+}
+
+#[cfg(feature = "plain")]
+async fn run_selftest(rep: &mut Report, p: &str, _: &str, _: u16, _: bool, _: Duration) {
+    rep.info(format_args!("{p}: skipped (feature `plain`: xway-tokio not linked)"));
+}
+
+/// A minimal XenStore client on `/dev/xen/xenbus` (wire protocol of `xs_wire.h`), just enough to read a
+/// node dom0 published for us and check that dom0 owns it.
+mod xs {
+    use std::fs::{File, OpenOptions};
+    use std::io::{self, Read, Write};
+    use std::time::{Duration, Instant};
+
+    const XS_READ: u32 = 2;
+    const XS_GET_PERMS: u32 = 3;
+    const XS_ERROR: u32 = 16;
+
+    /// `Ok(Ok(body))`, `Ok(Err(errno name))` for an XS_ERROR reply, `Err` for a device error.
+    fn request(f: &mut File, ty: u32, path: &str) -> io::Result<Result<Vec<u8>, String>> {
+        let body = format!("{path}\0");
+        let mut msg = Vec::with_capacity(16 + body.len());
+        for v in [ty, 0x7877, 0, body.len() as u32] {
+            msg.extend_from_slice(&v.to_ne_bytes());
+        }
+        msg.extend_from_slice(body.as_bytes());
+        f.write_all(&msg)?;
+        let mut hdr = [0u8; 16];
+        f.read_exact(&mut hdr)?;
+        let word = |i: usize| u32::from_ne_bytes([hdr[4 * i], hdr[4 * i + 1], hdr[4 * i + 2], hdr[4 * i + 3]]);
+        let len = word(3) as usize;
+        if len > 4096 {
+            return Err(io::Error::other(format!("xenbus reply of {len} B")));
+        }
+        let mut reply = vec![0u8; len];
+        f.read_exact(&mut reply)?;
+        Ok(match word(0) {
+            XS_ERROR => Err(String::from_utf8_lossy(&reply).trim_end_matches('\0').to_string()),
+            t if t == ty => Ok(reply),
+            t => Err(format!("unexpected reply type {t}")),
+        })
+    }
+
+    /// Waits until `node` exists, is owned by dom0 and nobody else may write it, and holds a domain id.
+    pub(crate) async fn peer_domid(node: &str, deadline: Instant) -> Result<(u16, String), String> {
+        let mut f = OpenOptions::new().read(true).write(true).open("/dev/xen/xenbus").map_err(|e| format!("/dev/xen/xenbus: {e}"))?;
+        loop {
+            let got = request(&mut f, XS_GET_PERMS, node).map_err(|e| format!("xenbus: {e}"))?;
+            let last = match got {
+                Ok(perms) => {
+                    let perms: Vec<String> = perms.split(|&b| b == 0).filter(|e| !e.is_empty()).map(|e| String::from_utf8_lossy(e).into_owned()).collect();
+                    let owner_dom0 = perms.first().is_some_and(|p0| &p0[1..] == "0");
+                    let nobody_writes = perms.iter().all(|e| e.starts_with('n') || e.starts_with('r'));
+                    if owner_dom0 && nobody_writes {
+                        let v = request(&mut f, XS_READ, node).map_err(|e| format!("xenbus: {e}"))?.map_err(|e| format!("read {node}: {e}"))?;
+                        let v = String::from_utf8_lossy(&v).into_owned();
+                        let d = v.parse::<u16>().map_err(|_| format!("{node} = {v:?}: not a domain id"))?;
+                        return Ok((d, format!("{node} owned by dom0, perms {}", perms.join(","))));
+                    }
+                    // dom0 writes, then chmods: until then the node is ours (inherited) and not yet trusted.
+                    format!("perms {} (not yet dom0-only)", perms.join(","))
+                }
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(format!("{node}: {last} at the deadline"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
