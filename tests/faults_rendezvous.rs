@@ -269,7 +269,7 @@ async fn squatter_of_the_same_user_maps_the_ring_but_never_sees_application_data
         stream.transport().fallback_reason(),
         Some(&FallbackReason::RendezvousTimeout)
     );
-    assert_eq!(squatter.expect("OFFER").as_deref(), Some("96 3"));
+    assert_eq!(squatter.expect("OFFER").as_deref(), Some("96 2"));
     assert_eq!(exchange_secret(stream, server).await, SECRET);
     assert_eq!(
         squatter.expect("RESULT").as_deref(),

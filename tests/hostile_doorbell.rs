@@ -1,8 +1,10 @@
-//! A hostile peer attacks the doorbell instead of the ring: eventfds travel with `SCM_RIGHTS`,
-//! so both processes share each eventfd's open file description, *including its
-//! `O_NONBLOCK` flag*. The peer clears `O_NONBLOCK` on the eventfd the victim rings and fills
-//! its counter to the maximum; the victim's next doorbell `write(2)` then blocks its thread
-//! for good, and with it every connection served by that thread (invariants I2 and I4).
+//! A hostile peer attacks the doorbell instead of the ring: the doorbell travels with
+//! `SCM_RIGHTS`, so both processes share its open file description, *including its
+//! `O_NONBLOCK` flag*. The peer clears `O_NONBLOCK` on the doorbell the victim rings and never
+//! reads it. With an eventfd doorbell (xway's first design) a full counter then blocked the
+//! victim's next `write(2)` and its whole runtime thread (invariants I2 and I4); the socket-pair
+//! doorbell is rung with `send(MSG_DONTWAIT)`, which cannot block. (`sys.rs` has the unit test
+//! that fills a blocking doorbell 100,000 times.)
 //!
 //! The victim is an `xway-peer echo-server` (one tokio thread); the attacker is this test
 //! binary re-executed in the role `doorbell_attacker_role`. After the attack, a bystander
@@ -19,13 +21,15 @@ use common::Peer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xway_tokio::{XwayConfig, XwayStream};
 
-fn eventfds() -> Vec<i32> {
+/// Unix socket descriptors of this process (the doorbell end among them).
+fn unix_sockets() -> Vec<i32> {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| {
             let e = e.ok()?;
             let link = std::fs::read_link(e.path()).ok()?;
-            (link.as_os_str() == "anon_inode:[eventfd]")
+            link.to_str()?
+                .starts_with("socket:")
                 .then(|| e.file_name().to_str()?.parse().ok())
                 .flatten()
         })
@@ -43,16 +47,12 @@ fn doorbell_attacker_role() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let before = eventfds();
+        let before = unix_sockets();
         let stream = XwayStream::connect(addr).await.unwrap();
         assert!(stream.transport().is_ring(), "{}", stream.transport());
-        for fd in eventfds().into_iter().filter(|fd| !before.contains(fd)) {
-            let mut counter = 0u64;
-            // SAFETY: plain syscalls on descriptors this process owns, with valid 8-byte buffers.
+        for fd in unix_sockets().into_iter().filter(|fd| !before.contains(fd)) {
+            // SAFETY: plain fcntl calls on descriptors this process owns.
             unsafe {
-                libc::read(fd, (&mut counter as *mut u64).cast(), 8); // drain (non-blocking)
-                let max: u64 = 0xffff_ffff_ffff_fffe;
-                libc::write(fd, (&max as *const u64).cast(), 8);
                 let flags = libc::fcntl(fd, libc::F_GETFL);
                 libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
             }
@@ -67,13 +67,8 @@ fn doorbell_attacker_role() {
     std::process::exit(0);
 }
 
-/// Known bug (docs/robustness.md, "Bugs found"): `sys::eventfd_signal` is a plain `write(2)`
-/// on a descriptor whose blocking mode the peer controls (`O_NONBLOCK` lives in the shared open
-/// file description; `pwritev2(RWF_NOWAIT)` is not supported on eventfds, EOPNOTSUPP here).
-/// Un-ignore once doorbells cannot block, e.g. signalled with `send(MSG_DONTWAIT)` on a
-/// socketpair (the flag is per call), or written from a thread that may block.
+/// The victim keeps serving other connections after the attack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a peer that makes the shared doorbell eventfd blocking and full freezes the victim's runtime thread; run with --ignored"]
 async fn a_peer_cannot_freeze_the_victim_through_its_doorbell() {
     let mut victim = Peer::spawn(&["echo-server"]);
     let addr = victim.listening();

@@ -1,6 +1,6 @@
 //! A hostile client crafts its own offers (invariant I2 at setup; I5: anything wrong is TCP with
 //! a reason, never a failed accept): unsealed, resized or foreign "memfds", a header that does
-//! not match the offer, doorbells that are not eventfds, a setup state that is not `OFFERED`,
+//! not match the offer, doorbells that are not Unix datagram sockets, a setup state that is not `OFFERED`,
 //! missing descriptors, garbage bytes, and a flood of offers. The honest listener in this
 //! process must answer each connection with TCP (and a decline verdict where it can safely
 //! send one), keep its descriptor use bounded, and keep serving ring clients.
@@ -41,9 +41,9 @@ enum Lie {
     WrongSize,
     PipeForMemfd,
     HeaderNonce,
-    BellNotEventfd,
+    BellNotSocket,
     StateClaimed,
-    TwoDescriptors,
+    OneDescriptor,
     GarbageBytes,
 }
 
@@ -106,15 +106,13 @@ async fn hostile_connect(server: SocketAddr, lie: Lie) -> TcpStream {
         fd
     };
     // SAFETY: plain syscalls creating descriptors that are owned at once.
-    let (bell_a, bell_b, pipe_r, _pipe_w) = unsafe {
+    let (_bell_a, bell_b, pipe_r, _pipe_w) = unsafe {
         let mut p = [0i32; 2];
         assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
-        (
-            owned(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK)),
-            owned(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK)),
-            owned(p[0]),
-            owned(p[1]),
-        )
+        let mut b = [0i32; 2];
+        let ty = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+        assert_eq!(libc::socketpair(libc::AF_UNIX, ty, 0, b.as_mut_ptr()), 0);
+        (owned(b[0]), owned(b[1]), owned(p[0]), owned(p[1]))
     };
 
     let mut offer = vec![0u8; 96];
@@ -133,17 +131,13 @@ async fn hostile_connect(server: SocketAddr, lie: Lie) -> TcpStream {
     } else {
         &memfd
     };
-    let server_bell = if lie == Lie::BellNotEventfd {
+    let server_bell = if lie == Lie::BellNotSocket {
         &memfd
     } else {
         &bell_b
     };
-    let mut fds = vec![
-        first.as_raw_fd(),
-        bell_a.as_raw_fd(),
-        server_bell.as_raw_fd(),
-    ];
-    if lie == Lie::TwoDescriptors {
+    let mut fds = vec![first.as_raw_fd(), server_bell.as_raw_fd()];
+    if lie == Lie::OneDescriptor {
         fds.pop();
     }
     send_offer(server, &offer, &fds);
@@ -207,9 +201,9 @@ async fn crafted_offers_get_tcp_with_a_reason_and_never_fail_accept() {
         Lie::WrongSize,
         Lie::PipeForMemfd,
         Lie::HeaderNonce,
-        Lie::BellNotEventfd,
+        Lie::BellNotSocket,
         Lie::StateClaimed,
-        Lie::TwoDescriptors,
+        Lie::OneDescriptor,
         Lie::GarbageBytes,
     ] {
         let mut hostile = hostile_connect(addr, lie).await;
@@ -218,12 +212,12 @@ async fn crafted_offers_get_tcp_with_a_reason_and_never_fail_accept() {
             .expect("accept must not stall")
             .expect("accept must not fail");
         let reason = server.transport().fallback_reason().cloned();
-        let want_decline = matches!(lie, Lie::HeaderNonce | Lie::BellNotEventfd);
+        let want_decline = matches!(lie, Lie::HeaderNonce | Lie::BellNotSocket);
         match (&reason, lie) {
             (Some(FallbackReason::InvalidOffer { error }), _) => {
                 eprintln!("{lie:?}: tcp ({error})");
             }
-            (Some(FallbackReason::NoOffer), Lie::TwoDescriptors | Lie::GarbageBytes) => {
+            (Some(FallbackReason::NoOffer), Lie::OneDescriptor | Lie::GarbageBytes) => {
                 eprintln!("{lie:?}: tcp (offer dropped: no offer)");
             }
             other => panic!("{lie:?}: unexpected transport {other:?}"),
@@ -259,7 +253,7 @@ async fn crafted_offers_get_tcp_with_a_reason_and_never_fail_accept() {
     );
 }
 
-/// Offers with three descriptors each, sent without ever connecting: the listener keeps at most
+/// Offers with two descriptors each, sent without ever connecting: the listener keeps at most
 /// `MAX_PENDING_OFFERS` (256) of them, and the honest client after the flood still gets a ring.
 #[tokio::test]
 async fn a_flood_of_offers_costs_a_bounded_number_of_descriptors() {
@@ -271,13 +265,13 @@ async fn a_flood_of_offers_costs_a_bounded_number_of_descriptors() {
     for i in 0..1000u32 {
         // Every offer names a different (fake) client port, and is never followed by a SYN.
         // SAFETY: plain syscalls; descriptors owned at once and closed after sending.
-        let (m, a, b) = unsafe {
+        let (m, a) = unsafe {
             let m = owned(libc::memfd_create(c"flood".as_ptr(), libc::MFD_CLOEXEC));
-            (
-                m,
-                owned(libc::eventfd(0, libc::EFD_CLOEXEC)),
-                owned(libc::eventfd(0, libc::EFD_CLOEXEC)),
-            )
+            let mut b = [0i32; 2];
+            let ty = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC;
+            assert_eq!(libc::socketpair(libc::AF_UNIX, ty, 0, b.as_mut_ptr()), 0);
+            libc::close(b[1]);
+            (m, owned(b[0]))
         };
         let mut offer = vec![0u8; 96];
         offer[..8].copy_from_slice(b"XWAYOFR1");
@@ -287,17 +281,17 @@ async fn a_flood_of_offers_costs_a_bounded_number_of_descriptors() {
         offer[52..72].copy_from_slice(&encode_addr(addr));
         offer[72..76].copy_from_slice(&ORDER.to_le_bytes());
         offer[76..80].copy_from_slice(&ORDER.to_le_bytes());
-        send_offer(addr, &offer, &[m.as_raw_fd(), a.as_raw_fd(), b.as_raw_fd()]);
-        drop((m, a, b));
+        send_offer(addr, &offer, &[m.as_raw_fd(), a.as_raw_fd()]);
+        drop((m, a));
         if i % 50 == 49 {
             // The listener drains its rendezvous socket on every accept.
             honest_round_trip(addr, &listener).await;
             peak = peak.max(fd_count());
         }
     }
-    eprintln!("offer flood: descriptors {base} before, peak {peak} (bound 256 x 3 + 64)");
+    eprintln!("offer flood: descriptors {base} before, peak {peak} (bound 256 x 2 + 64)");
     assert!(
-        peak <= base + 256 * 3 + 64 + 8,
+        peak <= base + 256 * 2 + 64 + 8,
         "unbounded: {base} -> {peak}"
     );
 }

@@ -117,24 +117,39 @@ fn encode_addr(addr: SocketAddr) -> Vec<u8> {
     b
 }
 
-/// Open eventfds of this process.
-fn eventfds() -> Vec<i32> {
+/// Open doorbell descriptors (Unix datagram sockets) of this process.
+fn doorbells() -> Vec<i32> {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let link = std::fs::read_link(e.path()).ok()?;
-            (link.as_os_str() == "anon_inode:[eventfd]")
-                .then(|| e.file_name().to_str()?.parse().ok())
-                .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&fd| {
+            let mut ty: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: `ty` is valid for writes of `len` bytes; a non-socket fails with ENOTSOCK.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_TYPE,
+                    (&mut ty as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            r == 0 && ty == libc::SOCK_DGRAM
         })
         .collect()
 }
 
 fn ring_bell(fd: i32) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 valid bytes to a descriptor this process owns.
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    // SAFETY: sends 1 valid byte on a descriptor this process owns, without blocking.
+    unsafe {
+        libc::send(
+            fd,
+            b"!".as_ptr().cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
 }
 
 // ---- the hostile process ----------------------------------------------------------------------
@@ -195,7 +210,7 @@ async fn write_pattern(wr: &mut (impl AsyncWriteExt + Unpin), from: u64, n: u64)
 }
 
 async fn hostile(role: &str, scenario: &str, addr: Option<String>) -> io::Result<()> {
-    let before = eventfds();
+    let before = doorbells();
     let mut stream = if role == "client" {
         XwayStream::connect(addr.unwrap()).await?
     } else {
@@ -204,7 +219,7 @@ async fn hostile(role: &str, scenario: &str, addr: Option<String>) -> io::Result
         listener.accept().await?.0
     };
     assert!(stream.transport().is_ring(), "{}", stream.transport());
-    let bells: Vec<i32> = eventfds()
+    let bells: Vec<i32> = doorbells()
         .into_iter()
         .filter(|fd| !before.contains(fd))
         .collect();

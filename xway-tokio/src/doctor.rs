@@ -81,10 +81,10 @@ fn diagnose_local() -> ProviderReport {
         ));
     }
     checks.push(check(
-        "eventfd doorbell",
-        sys::eventfd()
-            .map(|_| "EFD_NONBLOCK|EFD_CLOEXEC".into())
-            .map_err(|e| format!("eventfd: {e}")),
+        "doorbell socket pair",
+        sys::doorbell_pair()
+            .map(|_| "AF_UNIX SOCK_DGRAM socketpair".into())
+            .map_err(|e| format!("socketpair: {e}")),
     ));
     let name = format!("xway-doctor/{}", std::process::id());
     checks.push(check(

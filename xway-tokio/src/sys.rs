@@ -1,5 +1,5 @@
-//! The one door to the operating system for the local provider: memfd, mmap, eventfd, abstract
-//! Unix sockets with `SCM_RIGHTS`, and `SO_PEERCRED`.
+//! The one door to the operating system for the local provider: memfd, mmap, doorbell socket
+//! pairs, abstract Unix sockets with `SCM_RIGHTS`, and `SO_PEERCRED`.
 //!
 //! Every libc call goes through [`syscall!`], the only place where `-1`/`errno` becomes an
 //! [`io::Error`]; every new file descriptor is wrapped in an [`OwnedFd`] on the line that creates
@@ -143,26 +143,34 @@ unsafe impl SharedMemory for Mapping {
     }
 }
 
-/// A non-blocking, close-on-exec eventfd.
-pub(crate) fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: no pointers; flags are valid.
-    Ok(owned(syscall!(eventfd(
-        0,
-        libc::EFD_CLOEXEC | libc::EFD_NONBLOCK
-    ))?))
+/// A doorbell pair: a connected pair of Unix datagram sockets, non-blocking and
+/// close-on-exec. A byte sent on one end makes the other end readable.
+///
+/// Sockets rather than eventfds, because the peer shares every descriptor it receives,
+/// including its `O_NONBLOCK` flag: it could make an eventfd blocking and fill its counter, and
+/// our next doorbell `write` would freeze our thread. [`doorbell_ring`] passes
+/// `MSG_DONTWAIT`, which holds per call whatever the peer does to the file.
+pub(crate) fn doorbell_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    let ty = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: `fds` has room for the two descriptors socketpair writes.
+    syscall!(socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()))?;
+    Ok((owned(fds[0]), owned(fds[1])))
 }
 
-/// Adds one to an eventfd's counter, waking whoever polls it.
+/// Rings the peer: sends one byte on our end of a doorbell pair, never blocking.
 ///
-/// A full counter (`EAGAIN`) means the peer has more wake-ups pending than it can ever read:
-/// it is awake already, so that is success.
-pub(crate) fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let one: u64 = 1;
-    // SAFETY: the buffer is 8 valid bytes, as eventfd requires.
-    match syscall!(write(
+/// A full queue (`WouldBlock`) means the peer has wake-ups it has not consumed yet: it is awake
+/// already, so that is success.
+pub(crate) fn doorbell_ring(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let byte = [1u8];
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // SAFETY: the buffer is one valid byte.
+    match syscall!(send(
         fd.as_raw_fd(),
-        (&one as *const u64).cast::<c_void>(),
-        8
+        byte.as_ptr().cast::<c_void>(),
+        1,
+        flags
     )) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -170,10 +178,44 @@ pub(crate) fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// True if `fd` is an eventfd (checked through `/proc/self/fd`, as a peer could pass anything).
-pub(crate) fn is_eventfd(fd: BorrowedFd<'_>) -> bool {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
+/// Consumes the wake-ups queued on our end of a doorbell pair, at most `max` of them.
+/// Returns true if the queue is now empty.
+pub(crate) fn doorbell_drain(fd: BorrowedFd<'_>, max: usize) -> io::Result<bool> {
+    let mut buf = [0u8; 16];
+    for _ in 0..max {
+        // SAFETY: the buffer is valid for writes of its length.
+        match syscall!(recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast::<c_void>(),
+            buf.len(),
+            libc::MSG_DONTWAIT
+        )) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// True if `fd` is a Unix datagram socket (a peer could pass anything as its doorbell).
+pub(crate) fn is_unix_dgram_socket(fd: BorrowedFd<'_>) -> bool {
+    let int_opt = |opt| {
+        let mut v: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` is valid for writes of `len` bytes.
+        syscall!(getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut libc::c_int).cast::<c_void>(),
+            &mut len
+        ))
+        .map(|_| v)
+    };
+    int_opt(libc::SO_DOMAIN).ok() == Some(libc::AF_UNIX)
+        && int_opt(libc::SO_TYPE).ok() == Some(libc::SOCK_DGRAM)
 }
 
 fn abstract_addr(name: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
@@ -415,11 +457,45 @@ mod tests {
 
     #[test]
     fn unsealed_or_foreign_fds_are_rejected() {
-        let efd = eventfd().unwrap();
-        assert!(check_sealed_memfd(efd.as_fd(), 8).is_err());
-        assert!(is_eventfd(efd.as_fd()));
+        let (a, _b) = doorbell_pair().unwrap();
+        assert!(check_sealed_memfd(a.as_fd(), 8).is_err());
+        assert!(is_unix_dgram_socket(a.as_fd()));
         let m = memfd_sealed(4096).unwrap();
-        assert!(!is_eventfd(m.as_fd()));
+        assert!(!is_unix_dgram_socket(m.as_fd()));
+        let l =
+            listen_abstract(format!("xway-test/dgram/{}", std::process::id()).as_bytes()).unwrap();
+        assert!(
+            !is_unix_dgram_socket(l.as_fd()),
+            "a stream socket is not a doorbell"
+        );
+    }
+
+    #[test]
+    fn doorbell_rings_reach_the_other_end_and_drain() {
+        let (a, b) = doorbell_pair().unwrap();
+        assert!(doorbell_drain(b.as_fd(), 8).unwrap(), "nothing queued yet");
+        doorbell_ring(a.as_fd()).unwrap();
+        doorbell_ring(a.as_fd()).unwrap();
+        assert!(
+            !doorbell_drain(b.as_fd(), 1).unwrap(),
+            "one of two consumed"
+        );
+        assert!(doorbell_drain(b.as_fd(), 8).unwrap());
+    }
+
+    #[test]
+    fn ringing_never_blocks_even_if_the_peer_makes_the_socket_blocking_and_full() {
+        let (a, b) = doorbell_pair().unwrap();
+        // What a hostile peer can do to the shared file: clear O_NONBLOCK, never read.
+        // SAFETY: plain fcntl calls on a descriptor this test owns.
+        unsafe {
+            let flags = libc::fcntl(a.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(a.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+        for _ in 0..100_000 {
+            doorbell_ring(a.as_fd()).unwrap();
+        }
+        drop(b);
     }
 
     #[test]
@@ -428,7 +504,7 @@ mod tests {
         let l = listen_abstract(name.as_bytes()).unwrap();
         let c = connect_abstract(name.as_bytes()).unwrap();
         assert_eq!(peer_cred(c.as_fd()).unwrap().uid, current_uid());
-        let efd = eventfd().unwrap();
+        let (efd, _other) = doorbell_pair().unwrap();
         send_with_fds(c.as_fd(), b"hi", &[efd.as_fd(), efd.as_fd()]).unwrap();
         let s = accept_nonblocking(l.as_fd()).unwrap();
         assert_eq!(peer_cred(s.as_fd()).unwrap().pid, std::process::id() as i32);
@@ -436,7 +512,7 @@ mod tests {
         let (n, fds) = recv_with_fds(s.as_fd(), &mut buf).unwrap();
         assert_eq!(&buf[..n], b"hi");
         assert_eq!(fds.len(), 2);
-        assert!(is_eventfd(fds[0].as_fd()));
+        assert!(is_unix_dgram_socket(fds[0].as_fd()));
         assert_eq!(
             recv_with_fds(s.as_fd(), &mut buf).unwrap_err().kind(),
             io::ErrorKind::WouldBlock

@@ -62,7 +62,7 @@ impl fmt::Display for Transport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Provider {
-    /// Two processes on one Linux kernel: a sealed memfd and eventfd doorbells.
+    /// Two processes on one Linux kernel: a sealed memfd and a socket-pair doorbell.
     Local,
 }
 

@@ -1,11 +1,12 @@
 //! The local provider: two processes on one Linux kernel, in one network namespace.
 //!
 //! - **Region**: a sealed `memfd` (it cannot shrink, so a mapping can never fault).
-//! - **Doorbells**: one `eventfd` per side, registered with tokio through [`AsyncFd`].
+//! - **Doorbells**: a connected pair of Unix datagram sockets, one end per side, registered
+//!   with tokio through [`AsyncFd`]; a byte sent on one end wakes the other.
 //! - **Rendezvous**: a listener bound to `ip:port` listens on the abstract Unix socket
 //!   `xway/1/<ip>/<port>` (abstract names live in the network namespace, like the TCP port).
 //!   A client connecting to `ip:port` looks for that name, checks the listener's user with
-//!   `SO_PEERCRED`, and sends its offer with the memfd and both eventfds (`SCM_RIGHTS`)
+//!   `SO_PEERCRED`, and sends its offer with the memfd and the server's doorbell end (`SCM_RIGHTS`)
 //!   *before* its TCP SYN. When the server accepts the TCP connection, the offer is therefore
 //!   already queued on the rendezvous socket; the server drains it without waiting.
 
@@ -29,7 +30,7 @@ use crate::transport::FallbackReason;
 
 /// How long an offer waits on the listener side for its TCP connection.
 const OFFER_TTL: Duration = Duration::from_secs(10);
-/// At most this many offers (3 descriptors each) wait for their TCP connection; the oldest go
+/// At most this many offers (2 descriptors each) wait for their TCP connection; the oldest go
 /// first. Bounds what a flood of offers can cost the listener.
 const MAX_PENDING_OFFERS: usize = 256;
 /// At most this many rendezvous connections wait for their offer bytes.
@@ -40,31 +41,35 @@ fn rendezvous_name(ip: IpAddr, port: u16) -> Vec<u8> {
     format!("xway/1/{}/{}", ip.to_canonical(), port).into_bytes()
 }
 
-/// An eventfd doorbell: ours, registered with tokio, and the peer's, which we signal.
+/// Most queued wake-ups consumed per wake. A peer that floods us can only make us poll again,
+/// not loop forever, and not stall: whatever is left keeps our end readable.
+const MAX_DRAIN: usize = 64;
+
+/// This side's end of the doorbell pair: readable when the peer rang, and where we ring it.
 #[derive(Debug)]
-pub(crate) struct EventFdDoorbell {
-    own: AsyncFd<OwnedFd>,
-    peer: OwnedFd,
+pub(crate) struct SocketDoorbell {
+    end: AsyncFd<OwnedFd>,
 }
 
-impl EventFdDoorbell {
-    /// Registers `own` with the current tokio runtime. Must be called within a runtime.
-    fn new(own: OwnedFd, peer: OwnedFd) -> io::Result<EventFdDoorbell> {
-        // The eventfd counter is never read: mio registers descriptors edge-triggered and every
-        // eventfd write produces a new edge, so readiness is cleared explicitly instead, after
-        // the ring was found empty. That saves a syscall per wake-up.
-        let own = sys::register_readable(own)?;
-        Ok(EventFdDoorbell { own, peer })
+impl SocketDoorbell {
+    /// Registers our end with the current tokio runtime. Must be called within a runtime.
+    fn new(end: OwnedFd) -> io::Result<SocketDoorbell> {
+        Ok(SocketDoorbell {
+            end: sys::register_readable(end)?,
+        })
     }
 }
 
-impl Doorbell for EventFdDoorbell {
+impl Doorbell for SocketDoorbell {
     fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.own.poll_read_ready(cx) {
+        match self.end.poll_read_ready(cx) {
             Poll::Ready(Ok(mut guard)) => {
-                // Clears only the readiness observed by this guard: a ring after this point
-                // raises a new edge and readiness again.
-                guard.clear_ready();
+                // Drain before clearing: with edge-triggered epoll, a datagram dropped on a full
+                // queue would raise no edge, so the queue must not stay full. A ring after the
+                // drain raises a new edge (and tokio keeps readiness that came after the guard).
+                if sys::doorbell_drain(self.end.get_ref().as_fd(), MAX_DRAIN)? {
+                    guard.clear_ready();
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -73,7 +78,7 @@ impl Doorbell for EventFdDoorbell {
     }
 
     fn ring_peer(&self) -> io::Result<()> {
-        sys::eventfd_signal(self.peer.as_fd())
+        sys::doorbell_ring(self.end.get_ref().as_fd())
     }
 }
 
@@ -177,7 +182,7 @@ impl Advertisement {
             let done = match sys::recv_with_fds(p.conns[i].0.as_fd(), &mut buf) {
                 Ok((n, fds)) => {
                     match Offer::decode(&buf[..n]) {
-                        Ok(offer) if fds.len() == 3 => {
+                        Ok(offer) if fds.len() == 2 => {
                             if p.offers.len() >= MAX_PENDING_OFFERS {
                                 evict_oldest(&mut p.offers);
                             }
@@ -234,7 +239,7 @@ pub(crate) enum Opened {
     /// Valid and ready; the caller claims it and sends the accept verdict.
     Ready {
         region: Region,
-        doorbell: EventFdDoorbell,
+        doorbell: SocketDoorbell,
     },
     /// Mapped but unusable: the caller declines it (the region is needed to do so safely).
     Decline {
@@ -250,7 +255,7 @@ pub(crate) enum Opened {
 pub(crate) fn open_offer(received: ReceivedOffer) -> Opened {
     use crate::setup::wire::DeclineReason;
     let ReceivedOffer { offer, fds, .. } = received;
-    let [memfd, client_bell, server_bell]: [OwnedFd; 3] = match fds.try_into() {
+    let [memfd, server_bell]: [OwnedFd; 2] = match fds.try_into() {
         Ok(fds) => fds,
         Err(_) => return Opened::Unusable(invalid("wrong number of descriptors")),
     };
@@ -286,14 +291,14 @@ pub(crate) fn open_offer(received: ReceivedOffer) -> Opened {
         }
         Err(e) => return decline(region, DeclineReason::InvalidRegion, &e.to_string()),
     }
-    if !sys::is_eventfd(client_bell.as_fd()) || !sys::is_eventfd(server_bell.as_fd()) {
+    if !sys::is_unix_dgram_socket(server_bell.as_fd()) {
         return decline(
             region,
             DeclineReason::InvalidRegion,
-            "doorbell is not an eventfd",
+            "doorbell is not a Unix datagram socket",
         );
     }
-    match EventFdDoorbell::new(server_bell, client_bell) {
+    match SocketDoorbell::new(server_bell) {
         Ok(doorbell) => Opened::Ready { region, doorbell },
         Err(e) => decline(
             region,
@@ -380,8 +385,10 @@ pub(crate) fn find_listener(
 pub(crate) struct ClientRing {
     pub(crate) region: Region,
     memfd: OwnedFd,
-    /// Client's bell (registered with tokio) and server's bell.
-    doorbell: EventFdDoorbell,
+    /// The client's end of the doorbell pair, registered with tokio.
+    doorbell: SocketDoorbell,
+    /// The server's end, sent with the offer.
+    server_bell: OwnedFd,
 }
 
 impl ClientRing {
@@ -398,23 +405,21 @@ impl ClientRing {
             state::OFFERED,
             std::sync::atomic::Ordering::Release,
         );
-        let doorbell = EventFdDoorbell::new(sys::eventfd()?, sys::eventfd()?)?;
+        let (client_bell, server_bell) = sys::doorbell_pair()?;
+        let doorbell = SocketDoorbell::new(client_bell)?;
         Ok(ClientRing {
             region,
             memfd,
             doorbell,
+            server_bell,
         })
     }
 
-    /// Sends the offer with the region and both doorbells on the rendezvous socket, then
+    /// Sends the offer with the region and the server's doorbell end on the rendezvous socket, then
     /// closes it: the listener reads the queued message whenever it accepts.
     pub(crate) fn send_offer(&self, rendezvous: OwnedFd, offer: &Offer) -> io::Result<()> {
         let bytes = offer.encode();
-        let fds = [
-            self.memfd.as_fd(),
-            self.doorbell.own.get_ref().as_fd(),
-            self.doorbell.peer.as_fd(),
-        ];
+        let fds = [self.memfd.as_fd(), self.server_bell.as_fd()];
         let n = sys::send_with_fds(rendezvous.as_fd(), &bytes, &fds)?;
         if n != bytes.len() {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "offer truncated"));
@@ -422,9 +427,9 @@ impl ClientRing {
         Ok(())
     }
 
-    /// After an accept verdict: the client's doorbell. The memfd is closed (the mapping keeps
-    /// the memory).
-    pub(crate) fn into_doorbell(self) -> EventFdDoorbell {
+    /// After an accept verdict: the client's doorbell. The memfd and our copy of the server's
+    /// end are closed (the mapping keeps the memory, the server holds its end).
+    pub(crate) fn into_doorbell(self) -> SocketDoorbell {
         self.doorbell
     }
 }

@@ -28,7 +28,7 @@ fn model_transfer(message: &'static [u8], close: bool) {
         let region = Region::new_simulated(512);
         let mut tx = Producer::new(region.clone(), CTL, DATA, ORDER);
         let mut rx = Consumer::new(region, CTL, DATA, ORDER);
-        // One doorbell per side, like one eventfd per process.
+        // One doorbell per side, like one doorbell socket per process.
         let reader_bell = Arc::new(Notify::new());
         let writer_bell = Arc::new(Notify::new());
 

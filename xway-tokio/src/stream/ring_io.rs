@@ -109,7 +109,7 @@ struct Counters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RingStats {
-    /// Doorbells rung for the peer (one `eventfd` write each).
+    /// Doorbells rung for the peer (one datagram each).
     pub doorbells: u64,
     /// Times a poll went to sleep on the doorbell (returned `Pending`).
     pub sleeps: u64,
