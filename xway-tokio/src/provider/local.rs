@@ -187,14 +187,20 @@ impl Advertisement {
                                 evict_oldest(&mut p.offers);
                             }
                             let key = (canonical(offer.client), canonical(offer.server));
-                            p.offers.insert(
-                                key,
-                                ReceivedOffer {
-                                    offer,
-                                    fds,
-                                    received: now,
-                                },
-                            );
+                            // Two offers for one 4-tuple: one of them is not the TCP client's.
+                            // Neither is trusted; that connection gets plain TCP.
+                            if p.offers.remove(&key).is_some() {
+                                tracing::debug!(client = %key.0, "xway: conflicting offers for one connection, both dropped");
+                            } else {
+                                p.offers.insert(
+                                    key,
+                                    ReceivedOffer {
+                                        offer,
+                                        fds,
+                                        received: now,
+                                    },
+                                );
+                            }
                         }
                         Ok(_) => tracing::debug!(
                             fds = fds.len(),
