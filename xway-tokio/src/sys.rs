@@ -324,6 +324,12 @@ pub(crate) fn current_cpu() -> u32 {
     u32::try_from(cpu).unwrap_or(u32::MAX)
 }
 
+/// Gives the CPU to another runnable thread, if any (`sched_yield`).
+pub(crate) fn yield_cpu() {
+    // SAFETY: sched_yield has no preconditions; it cannot fail on Linux.
+    unsafe { libc::sched_yield() };
+}
+
 /// Room for this many descriptors in one message.
 const MAX_FDS: usize = 4;
 const CMSG_SPACE: usize = 64; // >= CMSG_SPACE(MAX_FDS * 4), checked in `cmsg_space_is_enough`

@@ -576,7 +576,8 @@ fn aborted() -> io::Error {
 /// A sleep on the doorbell costs a wake-up (tens of microseconds across CPUs on small VMs);
 /// polling the ring for a while costs CPU. The spinner polls only when that can pay: when the
 /// peer says it is running on another CPU, or was just rung (and so is waking up), and never
-/// when the peer shares our CPU (it could not run while we spin). Per connection, a spin that
+/// when the peer shares our CPU (it could not run while we spin); then it yields the CPU a few
+/// times to a peer it just rang. Per connection, a spin that
 /// succeeds restores the full budget and one that fails divides it by four; below a
 /// microsecond the connection stops spinning and only probes briefly every 32 waits, so idle
 /// connections and busy many-connection servers stop burning CPU on their own.
@@ -589,6 +590,9 @@ struct Spinner {
     epoch: Instant,
     rung_at_ns: AtomicU64,
 }
+
+/// How many times a waiting side hands its CPU to a peer it just rang on the same CPU.
+const SAME_CPU_YIELDS: usize = 8;
 
 /// A probe spin when the budget has decayed to zero.
 const PROBE_NS: u64 = 2_000;
@@ -633,7 +637,17 @@ impl Spinner {
         let start = self.now_ns();
         let peer_waking =
             start.saturating_sub(self.rung_at_ns.load(Ordering::Relaxed)) < 2 * self.max_ns;
-        if peer.cpu == cpu || !(peer.running || peer_waking) {
+        if peer.cpu == cpu {
+            // Spinning on the CPU the peer needs would only delay it. But a peer we just rang is
+            // runnable here: handing it the CPU once usually gets the answer within its time
+            // slice, without either side sleeping on a doorbell.
+            return peer_waking
+                && (0..SAME_CPU_YIELDS).any(|_| {
+                    sys::yield_cpu();
+                    ready()
+                });
+        }
+        if !(peer.running || peer_waking) {
             return false;
         }
         activity.publish(true, cpu);
