@@ -7,6 +7,8 @@
 //! The squatter is this test binary re-executed in the role `squatter_role`, as another user
 //! (65534, needs root: skipped otherwise) or as the same user.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
@@ -16,8 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::plain_echo_server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use xway_tokio::{FallbackReason, XwayConfig, XwayStream};
 
 const SECRET: &[u8] = b"application-secret-0123456789";
@@ -193,26 +195,6 @@ impl Drop for Squatter {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A plain TCP echo server recording what it received.
-async fn plain_echo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                return seen;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            s.write_all(&buf[..n]).await.unwrap();
-        }
-    });
-    (addr, handle)
 }
 
 /// Sends the secret over `stream`, checks the echo, and returns what the TCP server received.

@@ -14,9 +14,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use integration_support::{
-    run_role_if_child, with_descriptors_exhausted, Peer, MAX_CPU_WHILE_EXHAUSTED,
-};
+use integration_support::{run_role_if_child, with_descriptors_exhausted, MAX_CPU_WHILE_EXHAUSTED};
 use xway_tokio::{XwayConnector, XwayInfo, XwayListener};
 
 /// Not a test: the entry point of the child processes (see `integration_support`).
@@ -85,7 +83,7 @@ fn client() -> XwayClient {
 
 #[tokio::test]
 async fn axum_serves_an_xway_client_process_over_the_ring_with_xwayinfo_connect_info() {
-    let mut server = Peer::spawn_role("axum-xwayinfo", &[]);
+    let mut server = integration_support::spawn_role("axum-xwayinfo", &[]);
     let url = format!("http://{}/", server.listening());
     let client = client();
     for _ in 0..50 {
@@ -103,7 +101,7 @@ async fn axum_serves_an_xway_client_process_over_the_ring_with_xwayinfo_connect_
 
 #[tokio::test]
 async fn axum_connect_info_socketaddr_works_on_a_tapped_xway_listener() {
-    let mut server = Peer::spawn_role("axum-socketaddr", &[]);
+    let mut server = integration_support::spawn_role("axum-socketaddr", &[]);
     let url = format!("http://{}/", server.listening());
     let (info, body) = get_text(&client(), &url).await;
     assert!(info.transport().is_ring(), "client: {}", info.transport());
@@ -113,7 +111,7 @@ async fn axum_connect_info_socketaddr_works_on_a_tapped_xway_listener() {
 
 #[tokio::test]
 async fn axum_answers_pythons_http_client_over_plain_tcp() {
-    let mut server = Peer::spawn_role("axum-xwayinfo", &[]);
+    let mut server = integration_support::spawn_role("axum-xwayinfo", &[]);
     let addr = server.listening();
     const SCRIPT: &str = r#"
 import http.client, sys
@@ -153,7 +151,7 @@ print("BODY", response.read().decode())
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axum_listener_neither_stops_nor_spins_when_accept_fails_for_lack_of_descriptors() {
-    let mut server = Peer::spawn_role("axum-socketaddr", &[]);
+    let mut server = integration_support::spawn_role("axum-socketaddr", &[]);
     let addr = server.listening();
     let pid = server.pid();
     // A plain connection waiting in the backlog makes every accept fail with EMFILE until

@@ -5,7 +5,7 @@
 mod integration_support;
 
 use futures_util::{SinkExt, StreamExt};
-use integration_support::{run_role_if_child, Peer};
+use integration_support::run_role_if_child;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LinesCodec};
 use xway_tokio::{FallbackReason, XwayListener, XwayStream};
 
@@ -64,7 +64,7 @@ async fn pipeline(stream: XwayStream, count: usize) {
 
 #[tokio::test]
 async fn framed_lines_cross_processes_over_the_ring_in_both_directions_at_once() {
-    let mut server = Peer::spawn_role("lines-server", &[]);
+    let mut server = integration_support::spawn_role("lines-server", &[]);
     let stream = XwayStream::connect(server.listening()).await.unwrap();
     assert!(stream.transport().is_ring(), "{}", stream.transport());
     assert_eq!(server.expect("ACCEPTED"), "ring (local)");
@@ -73,7 +73,7 @@ async fn framed_lines_cross_processes_over_the_ring_in_both_directions_at_once()
 
 #[tokio::test]
 async fn framed_request_response_works_line_by_line_over_the_ring() {
-    let mut server = Peer::spawn_role("lines-server", &[]);
+    let mut server = integration_support::spawn_role("lines-server", &[]);
     let stream = XwayStream::connect(server.listening()).await.unwrap();
     assert!(stream.transport().is_ring());
     let mut framed = Framed::new(stream, LinesCodec::new());
@@ -85,7 +85,7 @@ async fn framed_request_response_works_line_by_line_over_the_ring() {
 
 #[tokio::test]
 async fn framed_lines_work_over_tcp_when_the_server_process_is_forced_to_tcp() {
-    let mut server = Peer::spawn_role("lines-server", &[("XWAY_FORCE_TCP", "1")]);
+    let mut server = integration_support::spawn_role("lines-server", &[("XWAY_FORCE_TCP", "1")]);
     let stream = XwayStream::connect(server.listening()).await.unwrap();
     assert_eq!(
         stream.transport().fallback_reason(),

@@ -86,7 +86,7 @@ async fn get(client: &XwayClient, url: &str) -> (XwayInfo, String) {
 
 #[tokio::test]
 async fn hyper_client_and_server_processes_talk_over_the_ring() {
-    let mut server = Peer::spawn_role("hyper-server", &[]);
+    let mut server = integration_support::spawn_role("hyper-server", &[]);
     let addr = server.listening();
     let client = client();
     let (info, body) = get(&client, &format!("http://{addr}/")).await;
@@ -101,7 +101,7 @@ async fn hyper_client_and_server_processes_talk_over_the_ring() {
 
 #[tokio::test]
 async fn hyper_pool_reuses_one_ring_connection_for_many_requests() {
-    let mut server = Peer::spawn_role("hyper-server", &[]);
+    let mut server = integration_support::spawn_role("hyper-server", &[]);
     let url = format!("http://{}/", server.listening());
     let client = client();
     let (first, _) = get(&client, &url).await;
@@ -118,7 +118,7 @@ async fn hyper_pool_reuses_one_ring_connection_for_many_requests() {
 
 #[tokio::test]
 async fn hyper_bodies_larger_than_the_ring_cross_intact_both_ways() {
-    let mut server = Peer::spawn_role("hyper-server", &[]);
+    let mut server = integration_support::spawn_role("hyper-server", &[]);
     let url = format!("http://{}/echo", server.listening());
     let client = client();
     for (i, len) in [0usize, 1, 3 << 20, (5 << 20) + 17].into_iter().enumerate() {
@@ -141,7 +141,7 @@ async fn hyper_bodies_larger_than_the_ring_cross_intact_both_ways() {
 // see the peer's death) while this test blocks on the child processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hyper_pool_replaces_a_connection_whose_server_process_died() {
-    let mut first = Peer::spawn_role("hyper-server", &[]);
+    let mut first = integration_support::spawn_role("hyper-server", &[]);
     let addr = first.listening();
     let url = format!("http://{addr}/");
     let client = client();
@@ -150,7 +150,8 @@ async fn hyper_pool_replaces_a_connection_whose_server_process_died() {
     assert!(body.starts_with(&format!("pid={} ", first.pid())), "{body}");
 
     first.kill9();
-    let mut second = Peer::spawn_role("hyper-server", &[("XWAY_IT_ADDR", &addr.to_string())]);
+    let mut second =
+        integration_support::spawn_role("hyper-server", &[("XWAY_IT_ADDR", &addr.to_string())]);
     assert_eq!(second.listening(), addr);
 
     let (after, body) = get(&client, &url).await;
@@ -168,7 +169,7 @@ async fn hyper_pool_replaces_a_connection_whose_server_process_died() {
 
 #[tokio::test]
 async fn hyper_http2_with_prior_knowledge_works_over_the_ring() {
-    let mut server = Peer::spawn_role("hyper-server", &[]);
+    let mut server = integration_support::spawn_role("hyper-server", &[]);
     let url = format!("http://{}/", server.listening());
     let client: XwayClient = Client::builder(TokioExecutor::new())
         .http2_only(true)
@@ -198,7 +199,7 @@ async fn hyper_client_speaks_plain_http_to_a_python_server() {
     cmd.args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
         .current_dir(&dir)
         .stderr(std::process::Stdio::null());
-    let mut python = Peer::spawn(cmd);
+    let mut python = Peer::spawn_command(cmd);
     // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
     let line = python.expect("Serving HTTP on");
     let port: u16 = line.split_whitespace().nth(2).unwrap().parse().unwrap();

@@ -101,7 +101,7 @@ async fn echo(connector: &TlsConnector, stream: XwayStream, data: &[u8]) {
 
 #[tokio::test]
 async fn tls_echo_crosses_processes_over_the_ring() {
-    let mut server = Peer::spawn_role("tls-echo-server", &[]);
+    let mut server = integration_support::spawn_role("tls-echo-server", &[]);
     let connector = connector_for(&mut server);
     let stream = XwayStream::connect(server.listening()).await.unwrap();
     assert!(stream.transport().is_ring(), "{}", stream.transport());
@@ -111,9 +111,9 @@ async fn tls_echo_crosses_processes_over_the_ring() {
 
 #[tokio::test]
 async fn tls_rejects_a_certificate_it_does_not_trust_over_the_ring() {
-    let mut trusted = Peer::spawn_role("tls-echo-server", &[]);
+    let mut trusted = integration_support::spawn_role("tls-echo-server", &[]);
     let connector = connector_for(&mut trusted);
-    let mut other = Peer::spawn_role("tls-echo-server", &[]);
+    let mut other = integration_support::spawn_role("tls-echo-server", &[]);
     let _ = connector_for(&mut other);
     let stream = XwayStream::connect(other.listening()).await.unwrap();
     assert!(stream.transport().is_ring());
@@ -130,7 +130,7 @@ async fn tls_rejects_a_certificate_it_does_not_trust_over_the_ring() {
 
 #[tokio::test]
 async fn tls_echo_works_over_tcp_when_the_server_process_is_forced_to_tcp() {
-    let mut server = Peer::spawn_role("tls-echo-server", &[("XWAY_FORCE_TCP", "1")]);
+    let mut server = integration_support::spawn_role("tls-echo-server", &[("XWAY_FORCE_TCP", "1")]);
     let connector = connector_for(&mut server);
     let stream = XwayStream::connect(server.listening()).await.unwrap();
     assert_eq!(

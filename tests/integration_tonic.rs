@@ -98,7 +98,7 @@ fn only_connection(connections: &Mutex<Vec<XwayInfo>>) -> XwayInfo {
 
 #[tokio::test]
 async fn grpc_unary_call_crosses_processes_over_the_ring_with_remote_addr_intact() {
-    let mut server = Peer::spawn_role("tonic-server", &[]);
+    let mut server = integration_support::spawn_role("tonic-server", &[]);
     let (mut client, connections) = connect(&mut server).await;
     let reply = client
         .say_hello(HelloRequest {
@@ -116,7 +116,7 @@ async fn grpc_unary_call_crosses_processes_over_the_ring_with_remote_addr_intact
 
 #[tokio::test]
 async fn grpc_bidirectional_stream_interleaves_both_directions_over_the_ring() {
-    let mut server = Peer::spawn_role("tonic-server", &[]);
+    let mut server = integration_support::spawn_role("tonic-server", &[]);
     let (mut client, connections) = connect(&mut server).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<HelloRequest>(1);
     let mut replies = client
@@ -156,7 +156,7 @@ async fn grpc_bidirectional_stream_interleaves_both_directions_over_the_ring() {
 
 #[tokio::test]
 async fn grpc_server_stream_and_client_stream_flow_concurrently_in_bulk() {
-    let mut server = Peer::spawn_role("tonic-server", &[]);
+    let mut server = integration_support::spawn_role("tonic-server", &[]);
     let (mut client, connections) = connect(&mut server).await;
     // All requests at once, unthrottled: the replies stream back while requests still flow.
     let names: Vec<String> = (0..5000).map(|i| format!("caller {i}")).collect();
@@ -177,7 +177,7 @@ async fn grpc_server_stream_and_client_stream_flow_concurrently_in_bulk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_server_neither_stops_nor_spins_when_accept_fails_for_lack_of_descriptors() {
-    let mut server = Peer::spawn_role("tonic-server", &[]);
+    let mut server = integration_support::spawn_role("tonic-server", &[]);
     let addr = server.listening();
     let pid = server.pid();
     // While the server cannot open a descriptor, a plain connection waiting in its backlog
@@ -215,7 +215,7 @@ async fn grpc_server_neither_stops_nor_spins_when_accept_fails_for_lack_of_descr
 
 #[tokio::test]
 async fn grpc_works_over_tcp_when_the_server_process_is_forced_to_tcp() {
-    let mut server = Peer::spawn_role("tonic-server", &[("XWAY_FORCE_TCP", "1")]);
+    let mut server = integration_support::spawn_role("tonic-server", &[("XWAY_FORCE_TCP", "1")]);
     let (mut client, connections) = connect(&mut server).await;
     let names = ["one", "two", "three"];
     let requests = tokio_stream::iter(names).map(|n| HelloRequest { name: n.into() });

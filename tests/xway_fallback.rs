@@ -7,32 +7,13 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
 use std::time::{Duration, Instant};
 
+use common::plain_echo_server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use xway_tokio::{FallbackReason, Mode, XwayConfig, XwayListener, XwayStream};
 
 fn rendezvous_name(port: u16) -> String {
     format!("xway/1/127.0.0.1/{port}")
-}
-
-/// A plain TCP echo server that also records every byte it received.
-async fn plain_echo_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handle = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                return seen;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            s.write_all(&buf[..n]).await.unwrap();
-        }
-    });
-    (addr, handle)
 }
 
 #[tokio::test]

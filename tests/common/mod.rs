@@ -27,11 +27,17 @@ impl Peer {
 
     pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Peer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_xway-peer"));
-        cmd.args(args).stdout(Stdio::piped()).stdin(Stdio::null());
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn xway-peer");
+        Peer::spawn_command(cmd)
+    }
+
+    /// Starts `cmd` (any program printing one event per line) with its stdout followed.
+    pub fn spawn_command(mut cmd: Command) -> Peer {
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn peer process");
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -58,7 +64,7 @@ impl Peer {
                 Ok(line) => {
                     self.seen.push(line.clone());
                     if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim_start().to_owned();
+                        return rest.trim().to_owned();
                     }
                 }
                 Err(_) => panic!(
@@ -84,6 +90,11 @@ impl Peer {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
     }
 
     /// SIGKILL, as in a crash: no destructor of the peer runs.
@@ -149,4 +160,25 @@ pub fn mapping_count() -> usize {
         .unwrap()
         .lines()
         .count()
+}
+
+/// A plain tokio TCP echo server for one connection; the handle yields every byte it received.
+pub async fn plain_echo_server() -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return seen;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            s.write_all(&buf[..n]).await.unwrap();
+        }
+    });
+    (addr, handle)
 }

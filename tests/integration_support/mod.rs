@@ -3,21 +3,15 @@
 //!
 //! Each test binary has a `#[test] fn child_process_role()` that calls [`run_role_if_child`]:
 //! in a normal test run the role variable is unset and it returns at once; in a child started
-//! by [`Peer::spawn_role`] it runs the requested server role until the child is killed.
+//! by [`spawn_role`] it runs the requested server role until the child is killed.
 #![allow(dead_code, unreachable_pub)] // each test file uses a different subset
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// The environment variable that tells a re-executed test binary which role to run.
 pub const ROLE_ENV: &str = "XWAY_IT_ROLE";
-
-/// How long to wait for an expected line from a child before failing the test.
-pub const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The role this process was started in, if it is a child.
 pub fn child_role() -> Option<String> {
@@ -45,98 +39,27 @@ where
     std::process::exit(0);
 }
 
-/// A child process running this test binary in a role, killed when dropped.
-pub struct Peer {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
+/// Child processes and the test pattern are the cross-process tests' own helpers.
+#[path = "../common/mod.rs"]
+mod common;
+#[allow(unused_imports)] // each test file uses a different subset
+pub use common::{pattern, Peer};
 
-impl Peer {
-    /// Starts this test binary again, running only `child_process_role` with `role`.
-    pub fn spawn_role(role: &str, env: &[(&str, &str)]) -> Peer {
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "child_process_role",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE_ENV, role);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Peer::spawn(cmd)
+/// Starts this test binary again as a [`Peer`], running only `child_process_role` with `role`.
+pub fn spawn_role(role: &str, env: &[(&str, &str)]) -> Peer {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "child_process_role",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(ROLE_ENV, role);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-
-    /// Starts `cmd` with its stdout read line by line.
-    pub fn spawn(mut cmd: Command) -> Peer {
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn child process");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Peer {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for the next line starting with `prefix` and returns the rest, trimmed.
-    pub fn expect(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + LINE_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim().to_owned();
-                    }
-                }
-                Err(_) => panic!(
-                    "child did not print {prefix:?} in time; it printed {:?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// The address a server role printed with `LISTENING`.
-    pub fn listening(&mut self) -> SocketAddr {
-        self.expect("LISTENING").parse().expect("address")
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// True while the child has not exited.
-    pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// SIGKILL, as in a crash: no destructor of the child runs.
-    pub fn kill9(&mut self) {
-        self.child.kill().expect("kill");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Peer::spawn_command(cmd)
 }
 
 /// The lowest descriptor number `pid` does not use: with the soft `RLIMIT_NOFILE` set to it,
@@ -206,8 +129,3 @@ pub fn with_descriptors_exhausted<T>(pid: u32, poke: impl FnOnce() -> T) -> (T, 
 /// Most CPU time a server may use while its accepts fail for [`EXHAUSTED_FOR`]: a few
 /// attempts cost microseconds; a loop that retries without pausing costs most of a core.
 pub const MAX_CPU_WHILE_EXHAUSTED: Duration = Duration::from_millis(150);
-
-/// The deterministic test pattern: byte `i` of a stream is `i % 251`.
-pub fn pattern(start: u64, len: usize) -> Vec<u8> {
-    (0..len as u64).map(|i| ((start + i) % 251) as u8).collect()
-}
