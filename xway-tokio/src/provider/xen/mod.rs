@@ -51,6 +51,7 @@
 // issue 4; until then most of it is used only by its own tests.
 #![allow(dead_code)]
 
+pub(crate) mod directory;
 pub(crate) mod evtchn;
 pub(crate) mod gntalloc;
 pub(crate) mod gntdev;
