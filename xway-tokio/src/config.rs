@@ -67,6 +67,7 @@ impl UidPolicy {
 pub struct XwayConfig {
     mode: Mode,
     ring_order: u32,
+    xen_ring_order: u32,
     rendezvous_timeout: Duration,
     uid_policy: UidPolicy,
     spin_budget: Duration,
@@ -80,12 +81,22 @@ impl Default for XwayConfig {
         XwayConfig {
             mode: Mode::Auto,
             ring_order: DEFAULT_RING_SIZE.trailing_zeros(),
+            xen_ring_order: DEFAULT_XEN_RING_SIZE.trailing_zeros(),
             rendezvous_timeout: Duration::from_millis(200),
             uid_policy: UidPolicy::SameUser,
             spin_budget: DEFAULT_SPIN_BUDGET,
         }
     }
 }
+
+/// Default bytes per ring direction between Xen guests: 16 pages. A connection grants
+/// `2 * 16 + 1` pages, so the default gntalloc limit of a Linux guest (1,024 pages) allows 31
+/// concurrent ring connections per guest; beyond that, connections use TCP and say why.
+pub const DEFAULT_XEN_RING_SIZE: usize = 64 << 10;
+
+/// Largest ring per direction between Xen guests: 256 KiB. The grant references of an offer
+/// travel in one XenStore value, which holds about 2 KiB.
+pub const MAX_XEN_RING_SIZE: usize = 256 << 10;
 
 /// Default longest spin before sleeping on the doorbell. A little above the cost of one
 /// cross-CPU wake-up measured on small VMs (about 22 µs), so that spinning can pay for itself.
@@ -113,6 +124,16 @@ impl XwayConfig {
 
     pub(crate) fn ring_order(&self) -> u32 {
         self.ring_order
+    }
+
+    /// Bytes per ring direction between two Xen guests (the xen provider). A connection grants
+    /// `2 * xen_ring_size() / 4 KiB + 1` pages of the client's memory.
+    pub fn xen_ring_size(&self) -> usize {
+        1 << self.xen_ring_order
+    }
+
+    pub(crate) fn xen_ring_order(&self) -> u32 {
+        self.xen_ring_order
     }
 
     /// How long a client waits for the listener's verdict on its offer before using TCP.
@@ -180,6 +201,19 @@ impl XwayConfigBuilder {
         self
     }
 
+    /// Bytes per ring direction between Xen guests, rounded up to a power of two and clamped to
+    /// 4 KiB ..= [`MAX_XEN_RING_SIZE`]. Default: [`DEFAULT_XEN_RING_SIZE`] (64 KiB).
+    ///
+    /// Xen rings are granted pages of the client's guest, and a guest may grant only so many at
+    /// once (`xen_gntalloc.limit`, 1,024 pages by default): larger rings mean faster bulk
+    /// transfers but fewer concurrent ring connections. A connection that finds the limit
+    /// reached uses TCP, with the reason in [`XwayStream::transport`](crate::XwayStream::transport).
+    pub fn xen_ring_size(mut self, bytes: usize) -> Self {
+        let order = bytes.max(1).next_power_of_two().trailing_zeros();
+        self.config.xen_ring_order = order.clamp(MIN_ORDER, MAX_XEN_RING_SIZE.trailing_zeros());
+        self
+    }
+
     /// How long a client waits for the listener's verdict before using TCP. Default: 200 ms.
     /// A listener that accepts promptly answers in microseconds; the deadline only matters
     /// when the listening application is slow to call `accept`, or the rendezvous endpoint
@@ -234,6 +268,20 @@ mod tests {
                 .ring_size(),
             16 << 20
         );
+    }
+
+    #[test]
+    fn xen_ring_size_stays_within_one_xenstore_offer() {
+        let size = |b| {
+            XwayConfig::builder()
+                .xen_ring_size(b)
+                .build()
+                .xen_ring_size()
+        };
+        assert_eq!(XwayConfig::default().xen_ring_size(), DEFAULT_XEN_RING_SIZE);
+        assert_eq!(size(100_000), 128 << 10);
+        assert_eq!(size(1), 4096);
+        assert_eq!(size(16 << 20), MAX_XEN_RING_SIZE);
     }
 
     #[test]

@@ -1,15 +1,20 @@
 //! [`XwayListener`]: a TCP listener that also offers co-resident xway clients a ring.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use tokio::net::{TcpListener, ToSocketAddrs};
 
 use crate::config::{EffectiveMode, XwayConfig};
 use crate::provider::local::Advertisement;
+use crate::provider::xen::rendezvous::XenAdvertisement;
+use crate::setup::Accepted;
 use crate::transport::FallbackReason;
 use crate::XwayStream;
 
@@ -17,9 +22,12 @@ use crate::XwayStream;
 /// co-resident xway client, and plain TCP otherwise.
 ///
 /// `XwayListener` mirrors [`tokio::net::TcpListener`]. Binding also advertises the listener to
-/// xway clients on this host (for the local provider: an abstract Unix socket named after the
-/// bound address). Plain TCP clients see an ordinary listener: the server writes nothing to
-/// them and `accept` waits for nothing on their behalf.
+/// xway clients on this host: for the local provider, an abstract Unix socket named after the
+/// bound address; in a Xen guest whose process can use XenStore, also a node under the guest's
+/// home with an inbox for other guests' offers (only [`XwayListener::bind`] and
+/// [`XwayListener::bind_with`] do this, since XenStore is asynchronous). Plain TCP clients see
+/// an ordinary listener: the server writes nothing to them and `accept` waits for nothing on
+/// their behalf.
 ///
 /// # Examples
 ///
@@ -41,6 +49,9 @@ use crate::XwayStream;
 pub struct XwayListener {
     tcp: TcpListener,
     advertisement: Option<Advertisement>,
+    xen: Option<Arc<XenAdvertisement>>,
+    /// Accepted connections whose xen offer is being read and mapped.
+    pending: Mutex<Vec<PendingAccept>>,
     /// Why connections get TCP when there is no advertisement.
     not_advertised: FallbackReason,
     ring_required: bool,
@@ -75,6 +86,9 @@ impl XwayListener {
 
     /// Binds to `addr` with the given configuration. See [`XwayListener::bind`].
     ///
+    /// In a Xen guest, this also advertises the listener to the other guests of the host (see
+    /// the type's documentation); failing to do so is logged, not an error.
+    ///
     /// # Cancel safety
     ///
     /// As for [`XwayListener::bind`].
@@ -97,7 +111,11 @@ impl XwayListener {
         let mut last_err = None;
         for addr in tokio::net::lookup_host(addr).await? {
             match TcpListener::bind(addr).await {
-                Ok(tcp) => return Ok(XwayListener::from_tcp_with(tcp, config)),
+                Ok(tcp) => {
+                    let mut listener = XwayListener::from_tcp_with(tcp, config);
+                    listener.advertise_xen().await;
+                    return Ok(listener);
+                }
                 Err(e) => last_err = Some(e),
             }
         }
@@ -140,9 +158,33 @@ impl XwayListener {
         XwayListener {
             tcp: listener,
             advertisement,
+            xen: None,
+            pending: Mutex::new(Vec::new()),
             not_advertised,
             ring_required,
             spin_budget: config.spin_budget(),
+        }
+    }
+
+    /// Advertises the listener in XenStore too, where there is one and the ring is allowed.
+    async fn advertise_xen(&mut self) {
+        if self.advertisement.is_none() {
+            // TCP only by configuration or environment (or the local advertisement failed,
+            // which the listener already explained).
+            return;
+        }
+        let Ok(local) = self.tcp.local_addr() else {
+            return;
+        };
+        match XenAdvertisement::bind(local).await {
+            Ok(Some(xen)) => {
+                tracing::debug!(node = xen.node(), "xway: listener advertised in XenStore");
+                self.xen = Some(Arc::new(xen));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "xway: listener could not advertise in XenStore; other guests get plain TCP");
+            }
         }
     }
 
@@ -171,15 +213,16 @@ impl XwayListener {
 
     /// True if xway clients on this host can find this listener and offer it a ring.
     pub fn is_advertised(&self) -> bool {
-        self.advertisement.is_some()
+        self.advertisement.is_some() || self.xen.is_some()
     }
 
     /// Accepts a connection, like [`TcpListener::accept`].
     ///
-    /// The transport is decided before this returns and without waiting: a client that made
-    /// a ring offer for this connection gets the ring (or a decline), any other client plain
-    /// TCP. Problems with an offer never fail `accept`; they make that connection TCP, with
-    /// the reason in [`XwayStream::transport`].
+    /// The transport is decided before this returns: a client that made a ring offer for this
+    /// connection gets the ring (or a decline), any other client plain TCP, at once. (An offer
+    /// from another Xen guest is read from XenStore and mapped first; meanwhile other
+    /// connections are accepted.) Problems with an offer never fail `accept`; they make that
+    /// connection TCP, with the reason in [`XwayStream::transport`].
     ///
     /// # Errors
     ///
@@ -206,10 +249,31 @@ impl XwayListener {
     /// [`XwayListener::accept`].
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(XwayStream, SocketAddr)>> {
         loop {
-            let (tcp, peer) = ready!(self.tcp.poll_accept(cx))?;
-            let stream = match &self.advertisement {
-                Some(a) => crate::setup::accept_ring(tcp, a, self.spin_budget),
-                None => XwayStream::from_tcp_with_reason(tcp, self.not_advertised.clone()),
+            let (stream, peer) = match self.poll_pending(cx) {
+                Poll::Ready(done) => done,
+                Poll::Pending => {
+                    let (tcp, peer) = ready!(self.tcp.poll_accept(cx))?;
+                    let accepted = if self.advertisement.is_none() && self.xen.is_none() {
+                        Accepted::Now(XwayStream::from_tcp_with_reason(
+                            tcp,
+                            self.not_advertised.clone(),
+                        ))
+                    } else {
+                        crate::setup::accept(
+                            tcp,
+                            self.advertisement.as_ref(),
+                            self.xen.as_ref(),
+                            self.spin_budget,
+                        )
+                    };
+                    match accepted {
+                        Accepted::Now(stream) => (stream, peer),
+                        Accepted::Later(setup) => {
+                            self.lock_pending().push(PendingAccept { setup, peer });
+                            continue;
+                        }
+                    }
+                }
             };
             if self.ring_required && !stream.transport().is_ring() {
                 tracing::info!(%peer, transport = %stream.transport(), "xway: ring required; connection dropped");
@@ -217,6 +281,23 @@ impl XwayListener {
             }
             return Poll::Ready(Ok((stream, peer)));
         }
+    }
+
+    /// Polls the connections whose setup is still running; the first one done, if any.
+    fn poll_pending(&self, cx: &mut Context<'_>) -> Poll<(XwayStream, SocketAddr)> {
+        let mut pending = self.lock_pending();
+        for i in 0..pending.len() {
+            if let Poll::Ready(stream) = pending[i].setup.as_mut().poll(cx) {
+                let done = pending.swap_remove(i);
+                return Poll::Ready((stream, done.peer));
+            }
+        }
+        Poll::Pending
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Vec<PendingAccept>> {
+        // A panic while holding the lock leaves the list consistent (push and swap_remove).
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The local address the listener is bound to.
@@ -271,6 +352,13 @@ impl fmt::Debug for XwayListener {
         f.debug_struct("XwayListener")
             .field("local_addr", &self.local_addr().ok())
             .field("advertised", &self.advertisement.as_ref().map(|a| a.name()))
+            .field("xen", &self.xen.as_ref().map(|x| x.node()))
             .finish()
     }
+}
+
+/// An accepted connection whose transport is being decided (a xen offer being mapped).
+struct PendingAccept {
+    setup: Pin<Box<dyn Future<Output = XwayStream> + Send>>,
+    peer: SocketAddr,
 }

@@ -64,12 +64,16 @@ impl fmt::Display for Transport {
 pub enum Provider {
     /// Two processes on one Linux kernel: a sealed memfd and a socket-pair doorbell.
     Local,
+    /// Two guest domains on one Xen host: pages granted by the client's domain and mapped by
+    /// the server's, woken by an event channel, found through XenStore.
+    Xen,
 }
 
 impl fmt::Display for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Provider::Local => f.write_str("local"),
+            Provider::Xen => f.write_str("xen"),
         }
     }
 }

@@ -11,10 +11,12 @@
 //! and the kernel closes it when the peer process dies. Providers may add faster signals (Xen's
 //! unmap-notify clears a byte and fires the event channel when a domain goes away).
 //!
-//! Today there is one provider, [`local`] (two processes on one Linux kernel). The interface is
-//! shaped for Xen too: a region made of granted pages is just another [`SharedMemory`]
-//! implementation, and an event-channel port demultiplexed from one shared `/dev/xen/evtchn`
-//! descriptor is just another [`Doorbell`].
+//! There are two providers:
+//! - [`local`]: two processes on one Linux kernel (a sealed memfd, a socket-pair doorbell, an
+//!   abstract Unix socket as the rendezvous);
+//! - [`xen`]: two guests of one Xen host (pages granted by the client's domain and mapped by
+//!   the server's, an event channel per connection demultiplexed from one `/dev/xen/evtchn`
+//!   descriptor, XenStore as the rendezvous and dom0's directory as the source of domain ids).
 //!
 //! [`SharedMemory`]: crate::ring::SharedMemory
 

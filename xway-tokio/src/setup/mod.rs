@@ -17,11 +17,20 @@
 //!
 //! Exactly one compare-and-swap from `OFFERED` wins, so both sides always agree on the
 //! transport, and the TCP stream never carries a verdict its client is not waiting for.
+//!
+//! The providers differ only in the rendezvous and in where the region comes from: the local
+//! provider first (a listener on this kernel), then the xen provider (a listener in another
+//! guest of this Xen host, found through dom0's directory in XenStore; see
+//! [`crate::provider::xen::rendezvous`]). The region layout, the compare-and-swap and the
+//! verdict are the same.
 
 pub(crate) mod wire;
 
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
@@ -29,7 +38,9 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{EffectiveMode, XwayConfig};
 use crate::provider::local::{self, Advertisement, ClientRing, Opened};
-use crate::ring::layout::{canonical, state, Header, STATE_OFFSET};
+use crate::provider::xen::rendezvous::{self as xen, XenAdvertisement};
+use crate::provider::Doorbell;
+use crate::ring::layout::{canonical, state, Header, Layout, STATE_OFFSET};
 use crate::ring::{endpoints, Activity, Region, Role};
 use crate::stream::ring_io::RingIo;
 use crate::transport::{FallbackReason, Provider};
@@ -61,20 +72,10 @@ pub(crate) async fn connect_addr(addr: SocketAddr, config: &XwayConfig) -> io::R
     };
     let rendezvous = match local::find_listener(addr, config.uid_policy()) {
         Ok(Some(sock)) => sock,
-        Ok(None) => {
-            return tcp(
-                TcpStream::connect(addr).await?,
-                FallbackReason::NotAdvertised,
-                required,
-            )
-        }
+        Ok(None) => return connect_xen(addr, config, required).await,
         Err(reason) => return tcp(TcpStream::connect(addr).await?, reason, required),
     };
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = new_socket(addr)?;
     // The listener is on this host, so the destination is one of our addresses: binding to it
     // fixes the source address and port, and the offer can name the exact 4-tuple.
     if let Err(e) = socket.bind(SocketAddr::new(addr.ip(), 0)) {
@@ -105,6 +106,118 @@ pub(crate) async fn connect_addr(addr: SocketAddr, config: &XwayConfig) -> io::R
             Ok(XwayStream::from_ring(io, Provider::Local))
         }
         Some(reason) => tcp(stream, reason, required),
+    }
+}
+
+/// The xen provider's client: the same steps as the local one, with XenStore as the
+/// rendezvous and granted pages for the region.
+async fn connect_xen(
+    addr: SocketAddr,
+    config: &XwayConfig,
+    required: bool,
+) -> io::Result<XwayStream> {
+    let target = match xen::find_listener(addr, config.rendezvous_timeout()).await {
+        Ok(Some(target)) => target,
+        Ok(None) => {
+            return tcp(
+                TcpStream::connect(addr).await?,
+                FallbackReason::NotAdvertised,
+                required,
+            )
+        }
+        Err(reason) => return tcp(TcpStream::connect(addr).await?, reason, required),
+    };
+    let socket = new_socket(addr)?;
+    // Guests of one host talk over a bridge, without NAT: the source address the kernel would
+    // pick is the one the server sees, and binding to it fixes the 4-tuple the offer names.
+    if let Err(e) = source_ip(addr).and_then(|ip| socket.bind(SocketAddr::new(ip, 0))) {
+        let reason = FallbackReason::SetupFailed {
+            error: format!("binding the client socket: {e}"),
+        };
+        return tcp(TcpStream::connect(addr).await?, reason, required);
+    }
+    let header = match new_nonce() {
+        Ok(nonce) => Header {
+            layout: Layout::symmetric(config.xen_ring_order()).expect("config clamps the order"),
+            nonce,
+            client: canonical(socket.local_addr()?),
+            server: canonical(addr),
+        },
+        Err(reason) => return tcp(socket.connect(addr).await?, reason, required),
+    };
+    let mut ring = match xen::offer(target, &header).await {
+        Ok(ring) => ring,
+        Err(reason) => return tcp(socket.connect(addr).await?, reason, required),
+    };
+    let mut abandon = AbandonOnDrop {
+        region: ring.region.clone(),
+        armed: true,
+    };
+    let mut stream = socket.connect(addr).await?;
+    let timeout = config.rendezvous_timeout();
+    match await_verdict(&mut stream, &ring.region, &header.nonce, timeout).await? {
+        None => {
+            abandon.armed = false;
+            ring.node.disarm();
+            watch_for_domain_death(&stream);
+            let activity = Activity::new(ring.region.clone(), Role::Client);
+            let (tx, rx) = endpoints(ring.region, header.layout, Role::Client);
+            // CPU numbers of two guests say nothing about each other: never spin (see
+            // `XwayConfig::spin_budget`); the event channel wakes us.
+            let io = RingIo::new(
+                stream,
+                tx,
+                rx,
+                activity,
+                Box::new(ring.port),
+                Duration::ZERO,
+            );
+            Ok(XwayStream::from_ring(io, Provider::Xen))
+        }
+        Some(reason) => tcp(stream, reason, required),
+    }
+}
+
+fn new_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
+    if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+}
+
+/// The source address the kernel picks for `dst` (a UDP `connect` sends nothing).
+fn source_ip(dst: SocketAddr) -> io::Result<std::net::IpAddr> {
+    let any: SocketAddr = if dst.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let probe = UdpSocket::bind(any)?;
+    probe.connect(dst)?;
+    Ok(probe.local_addr()?.ip())
+}
+
+fn new_nonce() -> Result<[u8; 16], FallbackReason> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| FallbackReason::SetupFailed {
+        error: format!("nonce: {e}"),
+    })?;
+    Ok(nonce)
+}
+
+/// Between guests, a destroyed peer domain never closes its TCP connection: nothing is left to
+/// send a FIN or RST. Keepalive probes on the (otherwise idle) dual-channel connection turn
+/// that silence into `ETIMEDOUT` within about five seconds, which ends the ring stream like
+/// any other death of its peer (invariant I4). A killed peer *process* is seen at once: its
+/// kernel closes the connection.
+fn watch_for_domain_death(stream: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(2))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "xway: TCP keepalive for the xen ring failed");
     }
 }
 
@@ -163,9 +276,7 @@ fn offer_ring(
     let setup_failed = |what: &str, e: io::Error| FallbackReason::SetupFailed {
         error: format!("{what}: {e}"),
     };
-    let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce)
-        .map_err(|e| setup_failed("nonce", io::Error::other(e.to_string())))?;
+    let nonce = new_nonce()?;
     let layout = local::layout_for(config.ring_order());
     let header = Header {
         layout,
@@ -288,63 +399,163 @@ fn tcp(stream: TcpStream, reason: FallbackReason, required: bool) -> io::Result<
     Ok(XwayStream::from_tcp_with_reason(stream, reason))
 }
 
+/// A connection the listener accepted, with its transport decided now or after a rendezvous
+/// in XenStore.
+pub(crate) enum Accepted {
+    Now(XwayStream),
+    /// The xen provider has an offer to read and map; the listener polls this to completion
+    /// (it never fails: problems mean TCP with a reason).
+    Later(Pin<Box<dyn Future<Output = XwayStream> + Send>>),
+}
+
 /// Decides the transport of a connection the listener just accepted. Never blocks and never
-/// fails: anything that goes wrong is TCP with a reason.
-pub(crate) fn accept_ring(
+/// fails: anything that goes wrong is TCP with a reason. A connection without an offer is
+/// plain TCP at once, whatever the providers (invariant I1).
+pub(crate) fn accept(
     stream: TcpStream,
-    advertisement: &Advertisement,
+    local: Option<&Advertisement>,
+    xen: Option<&Arc<XenAdvertisement>>,
     spin_budget: Duration,
-) -> XwayStream {
+) -> Accepted {
     let (Ok(client), Ok(server)) = (stream.peer_addr(), stream.local_addr()) else {
-        return XwayStream::from_tcp_with_reason(stream, FallbackReason::NoOffer);
+        return Accepted::Now(XwayStream::from_tcp_with_reason(
+            stream,
+            FallbackReason::NoOffer,
+        ));
     };
-    let Some(received) = advertisement.take_offer(client, server, Instant::now()) else {
-        return XwayStream::from_tcp_with_reason(stream, FallbackReason::NoOffer);
-    };
-    let (nonce, layout) = (received.offer.nonce, received.offer.layout);
-    match local::open_offer(received) {
-        Opened::Ready { region, doorbell } => {
-            match region.compare_exchange(STATE_OFFSET, state::OFFERED, state::CLAIMED) {
-                Ok(_) => {
-                    let activity = Activity::new(region.clone(), Role::Server);
-                    let (tx, rx) = endpoints(region, layout, Role::Server);
-                    if let Err(e) = send_verdict(&stream, Verdict::Accept, &nonce) {
-                        // The connection is broken; the ring stream reports it on first use.
-                        tracing::debug!(error = %e, "xway: sending the accept verdict failed");
-                    }
-                    XwayStream::from_ring(
-                        RingIo::new(stream, tx, rx, activity, Box::new(doorbell), spin_budget),
-                        Provider::Local,
-                    )
-                }
-                Err(s) if s == state::ABANDONED => {
-                    XwayStream::from_tcp_with_reason(stream, FallbackReason::ClientAbandoned)
-                }
-                Err(s) => XwayStream::from_tcp_with_reason(
-                    stream,
-                    FallbackReason::InvalidOffer {
-                        error: format!("region in setup state {s}, expected offered"),
-                    },
-                ),
-            }
+    if let Some(received) = local.and_then(|a| a.take_offer(client, server, Instant::now())) {
+        let (nonce, layout) = (received.offer.nonce, received.offer.layout);
+        return Accepted::Now(match local::open_offer(received) {
+            Opened::Ready { region, doorbell } => claim(
+                stream,
+                Claim {
+                    region,
+                    layout,
+                    nonce,
+                    doorbell: Box::new(doorbell),
+                    spin_budget,
+                    provider: Provider::Local,
+                },
+            ),
+            Opened::Decline {
+                region,
+                reason,
+                detail,
+            } => decline(stream, &region, &nonce, reason, detail),
+            Opened::Unusable(reason) => XwayStream::from_tcp_with_reason(stream, reason),
+        });
+    }
+    match xen {
+        Some(xen) if xen.may_have_offer(client) => {
+            let xen = xen.clone();
+            Accepted::Later(Box::pin(async move {
+                accept_xen(stream, &xen, client, server).await
+            }))
         }
-        Opened::Decline {
+        _ => Accepted::Now(XwayStream::from_tcp_with_reason(
+            stream,
+            FallbackReason::NoOffer,
+        )),
+    }
+}
+
+async fn accept_xen(
+    stream: TcpStream,
+    xen: &XenAdvertisement,
+    client: SocketAddr,
+    server: SocketAddr,
+) -> XwayStream {
+    match xen.open(client, server).await {
+        xen::Opened::Ready {
             region,
+            port,
+            nonce,
+            layout,
+            client_domain,
+        } => {
+            tracing::debug!(%client, domain = %client_domain, "xway: xen offer mapped");
+            let stream = claim(
+                stream,
+                Claim {
+                    region,
+                    layout,
+                    nonce,
+                    doorbell: Box::new(port),
+                    // See `connect_xen`: no spinning between guests.
+                    spin_budget: Duration::ZERO,
+                    provider: Provider::Xen,
+                },
+            );
+            if stream.transport().is_ring() {
+                watch_for_domain_death(stream.tcp());
+            }
+            stream
+        }
+        xen::Opened::Decline {
+            region,
+            nonce,
             reason,
             detail,
-        } => {
-            if region
-                .compare_exchange(STATE_OFFSET, state::OFFERED, state::DECLINED)
-                .is_ok()
-            {
-                if let Err(e) = send_verdict(&stream, Verdict::Decline(reason), &nonce) {
-                    tracing::debug!(error = %e, "xway: sending the decline verdict failed");
-                }
-            }
-            XwayStream::from_tcp_with_reason(stream, FallbackReason::InvalidOffer { error: detail })
-        }
-        Opened::Unusable(reason) => XwayStream::from_tcp_with_reason(stream, reason),
+        } => decline(stream, &region, &nonce, reason, detail),
+        xen::Opened::Unusable(reason) => XwayStream::from_tcp_with_reason(stream, reason),
     }
+}
+
+/// A valid, mapped offer, ready to be claimed.
+struct Claim {
+    region: Region,
+    layout: Layout,
+    nonce: [u8; 16],
+    doorbell: Box<dyn Doorbell>,
+    spin_budget: Duration,
+    provider: Provider,
+}
+
+/// Claims the region (`OFFERED -> CLAIMED`) and, only if that wins, sends the accept verdict.
+fn claim(stream: TcpStream, c: Claim) -> XwayStream {
+    match c
+        .region
+        .compare_exchange(STATE_OFFSET, state::OFFERED, state::CLAIMED)
+    {
+        Ok(_) => {
+            let activity = Activity::new(c.region.clone(), Role::Server);
+            let (tx, rx) = endpoints(c.region, c.layout, Role::Server);
+            if let Err(e) = send_verdict(&stream, Verdict::Accept, &c.nonce) {
+                // The connection is broken; the ring stream reports it on first use.
+                tracing::debug!(error = %e, "xway: sending the accept verdict failed");
+            }
+            let io = RingIo::new(stream, tx, rx, activity, c.doorbell, c.spin_budget);
+            XwayStream::from_ring(io, c.provider)
+        }
+        Err(s) if s == state::ABANDONED => {
+            XwayStream::from_tcp_with_reason(stream, FallbackReason::ClientAbandoned)
+        }
+        Err(s) => XwayStream::from_tcp_with_reason(
+            stream,
+            FallbackReason::InvalidOffer {
+                error: format!("region in setup state {s}, expected offered"),
+            },
+        ),
+    }
+}
+
+/// Declines a mapped offer (`OFFERED -> DECLINED`, and the verdict only if that wins).
+fn decline(
+    stream: TcpStream,
+    region: &Region,
+    nonce: &[u8; 16],
+    reason: wire::DeclineReason,
+    detail: String,
+) -> XwayStream {
+    if region
+        .compare_exchange(STATE_OFFSET, state::OFFERED, state::DECLINED)
+        .is_ok()
+    {
+        if let Err(e) = send_verdict(&stream, Verdict::Decline(reason), nonce) {
+            tracing::debug!(error = %e, "xway: sending the decline verdict failed");
+        }
+    }
+    XwayStream::from_tcp_with_reason(stream, FallbackReason::InvalidOffer { error: detail })
 }
 
 /// Writes the verdict straight to the socket: a fresh connection's send buffer is empty, so

@@ -264,7 +264,7 @@ impl XwayStream {
     }
 
     /// The TCP connection: the data path for TCP, the control and liveness channel for the ring.
-    fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         match &self.inner {
             Inner::Tcp(t) => t,
             Inner::Ring(r) => r.tcp(),

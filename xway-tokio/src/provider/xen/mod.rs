@@ -12,18 +12,25 @@
 //!
 //! The pieces are independent of each other except for one ordering rule: an unmap
 //! notification that sends an event needs the port bound first ([`UnmapNotify::event`] takes
-//! an [`evtchn::EvtchnPort`]). A connection, Xen-style:
+//! an [`evtchn::EvtchnPort`]). A connection, as [`rendezvous`] drives it:
 //!
-//! 1. The client (creator) shares `1 + ring pages` with the server's domain id, taken from a
-//!    trusted source (I3), with [`gntalloc::Gntalloc::share`], writes the header, binds an
-//!    unbound port for the server ([`evtchn::EvtchnPort::bind_unbound`]), sets an unmap
-//!    notification, and publishes the refs and port in an offer node in the server's inbox
-//!    ([`xenstore::XenStore`], in a transaction, permissions `n<client>,b<server>`).
-//! 2. The server reads the offer, authenticates the client domain from the node's owner
+//! 1. The client finds the server's domain id in dom0's directory (a trusted source, I3) and
+//!    the listener's advertisement under that domain's XenStore home. It shares
+//!    `1 + ring pages` with that domain ([`gntalloc::Gntalloc::share`]), writes the header,
+//!    binds an unbound port for it ([`evtchn::EvtchnPort::bind_unbound`]), and publishes the
+//!    refs and port in an offer node in the listener's inbox ([`xenstore::XenStore`], in a
+//!    transaction, permissions `n<client>,b<server>`), then connects.
+//! 2. The server, when its inbox watch has announced an offer for the accepted connection,
+//!    reads it, authenticates the client domain from the node's owner
 //!    ([`xenstore::XenStore::get_perms`]), checks the page count against the layout, maps the
-//!    refs ([`gntdev::Gntdev::map`]), binds to the client's port
-//!    ([`evtchn::EvtchnPort::bind_interdomain`]), sets its own unmap notification, and gives
-//!    its verdict through the ring header as the local provider does.
+//!    refs ([`gntdev::Gntdev::map`]), checks the ring header against the connection, binds to
+//!    the client's port ([`evtchn::EvtchnPort::bind_interdomain`]), and claims the region and
+//!    sends its verdict on the TCP connection, as the local provider does.
+//!
+//! Liveness: a killed peer process closes its TCP connection (its kernel does it); a destroyed
+//! peer domain closes nothing, so xen ring connections turn on TCP keepalive, which ends them
+//! within about five seconds. Unmap notifications are not used for it: they would add nothing
+//! for a killed process and fire nothing for a destroyed domain.
 //!
 //! What is exactly the same as the local provider: the ring layout, the verdict, and the TCP
 //! connection kept open as the liveness signal. What differs: the offer travels through
@@ -47,14 +54,15 @@
 //! [`SharedMemory`]: crate::ring::SharedMemory
 //! [`Doorbell`]: super::Doorbell
 
-// The device layer is complete, but the setup protocol that drives it lands in the next part of
-// issue 4; until then most of it is used only by its own tests.
+// Parts of the device layer (read-only mappings, unmap notifications, the XenStore operations
+// the rendezvous does not need) are used only by the self-test and the tests.
 #![allow(dead_code)]
 
 pub(crate) mod directory;
 pub(crate) mod evtchn;
 pub(crate) mod gntalloc;
 pub(crate) mod gntdev;
+pub(crate) mod rendezvous;
 mod sys;
 pub(crate) mod xenstore;
 
