@@ -492,27 +492,9 @@ impl XenAdvertisement {
         };
         // Handled from here on, whatever the outcome; the client cannot reuse it.
         remove_later(&self.xs, path);
-        let owner = match perms[..] {
-            [Perm {
-                access: Access::None,
-                domid: owner,
-            }, Perm {
-                access: Access::Both,
-                domid,
-            }] if domid == self.me && owner != self.me => owner,
-            _ => {
-                return Opened::Unusable(FallbackReason::InvalidOffer {
-                    error: format!(
-                        "offer node has permissions {}, expected n<client>,b{}",
-                        perms
-                            .iter()
-                            .map(Perm::to_string)
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        self.me
-                    ),
-                })
-            }
+        let owner = match offer_owner(&perms, self.me) {
+            Ok(owner) => owner,
+            Err(error) => return Opened::Unusable(FallbackReason::InvalidOffer { error }),
         };
         let offer = match XenOffer::parse(&value) {
             Ok(o) => o,
@@ -589,6 +571,30 @@ impl Drop for XenAdvertisement {
     fn drop(&mut self) {
         remove_later(&self.xs, std::mem::take(&mut self.listen));
         remove_later(&self.xs, std::mem::take(&mut self.inbox));
+    }
+}
+
+/// The client domain of an offer node with permissions `perms`, in the inbox of domain `me`:
+/// its owner, if the permissions are exactly `n<owner>,b<me>` with `owner != me`. Anything
+/// else may have been written by a third domain (xenstore-perms.md, 6b), or was not narrowed
+/// for us.
+fn offer_owner(perms: &[Perm], me: DomId) -> Result<DomId, String> {
+    match perms {
+        [Perm {
+            access: Access::None,
+            domid: owner,
+        }, Perm {
+            access: Access::Both,
+            domid,
+        }] if *domid == me && *owner != me => Ok(*owner),
+        _ => Err(format!(
+            "offer node has permissions {}, expected n<client>,b{me}",
+            perms
+                .iter()
+                .map(Perm::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
     }
 }
 
@@ -669,6 +675,26 @@ mod tests {
             assert!(XenOffer::parse(b.as_bytes()).is_err(), "{b:?}");
         }
         assert!(XenOffer::parse(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn only_offers_narrowed_to_owner_and_server_are_authentic() {
+        let me = DomId::new(1).unwrap();
+        let perms = |s: &str| -> Vec<Perm> { s.split(',').map(|p| p.parse().unwrap()).collect() };
+        assert_eq!(offer_owner(&perms("n2,b1"), me), Ok(DomId::new(2).unwrap()));
+        for bad in [
+            "w2",       // inherited: anybody could have written it
+            "n2",       // not readable by us
+            "n2,r1",    // we could not remove it
+            "r2,b1",    // everybody may read it
+            "b2,b1",    // everybody may write it
+            "n1,b1",    // our own node
+            "n2,b1,w3", // a third domain may write it
+            "n2,b3",    // meant for another server
+        ] {
+            assert!(offer_owner(&perms(bad), me).is_err(), "{bad}");
+        }
+        assert!(offer_owner(&[], me).is_err());
     }
 
     #[test]
