@@ -4,13 +4,15 @@
 //! xway doctor                                  which providers work here, and why not
 //! xway xen-selftest offerer|mapper PEER_DOMID [--wait-exit] [--timeout SECS]
 //!                                              Xen device self-test with another domain
+//! xway xen-directory [--once]                  in dom0: publish (and keep current) the trusted
+//!                                              map from guest IP to domain id in XenStore
 //! xway version                                 print the version
 //! ```
 
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: xway doctor | xway xen-selftest offerer|mapper PEER_DOMID [--wait-exit] [--timeout SECS] | xway version");
+    eprintln!("usage: xway doctor | xway xen-selftest offerer|mapper PEER_DOMID [--wait-exit] [--timeout SECS] | xway xen-directory [--once] | xway version");
     ExitCode::from(2)
 }
 
@@ -64,6 +66,36 @@ fn xen_selftest(args: &[String]) -> ExitCode {
     }
 }
 
+/// `xway xen-directory [--once]`: dom0's publisher of `/xway/directory`. One line per pass
+/// that changed something; runs until an error unless `--once`.
+fn xen_directory(args: &[String]) -> ExitCode {
+    let once = match args {
+        [] => false,
+        [a] if a == "--once" => true,
+        _ => return usage(),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xway: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(xway_tokio::doctor::xen_directory(!once, |update| {
+        println!("xway xen-directory: {update}");
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xway xen-directory: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -85,6 +117,7 @@ fn main() -> ExitCode {
             }
         }
         Some("xen-selftest") => xen_selftest(&args[1..]),
+        Some("xen-directory") => xen_directory(&args[1..]),
         Some("version" | "--version" | "-V") => {
             println!("xway {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -1,10 +1,16 @@
 //! Self-diagnosis: which providers can work in this environment, and if not, why.
 //!
 //! Used by the `xway doctor` command; available to applications that want to log it at start.
+//! Also home to the Xen tools of the `xway` binary: the device self-test
+//! ([`xen_device_selftest`]) and dom0's trusted-directory publisher ([`xen_directory`]).
 
 use std::fmt;
+use std::io;
+use std::net::IpAddr;
 use std::os::fd::AsFd;
+use std::time::Duration;
 
+use crate::provider::xen::directory as xen_directory;
 use crate::sys;
 
 /// What [`diagnose`] found about one provider.
@@ -103,11 +109,32 @@ fn diagnose_local() -> ProviderReport {
 
 fn diagnose_xen() -> ProviderReport {
     let probe = crate::provider::xen::probe();
+    let xenstore_ok = probe
+        .checks
+        .iter()
+        .any(|c| c.what == "xenstore" && c.result.is_ok());
     let mut checks: Vec<Check> = probe
         .checks
         .into_iter()
         .map(|c| check(c.what, c.result))
         .collect();
+    checks.push(check(
+        "trusted directory",
+        if xenstore_ok {
+            xen_directory_status()
+        } else {
+            Err("not checked: XenStore is not reachable (see above)".into())
+        },
+    ));
+    if let Some(peers) = std::env::var_os(xen_directory::PEERS_ENV) {
+        checks.push(check(
+            xen_directory::PEERS_ENV,
+            xen_directory::parse_peers(&peers.to_string_lossy()).map(|p| {
+                let list: Vec<String> = p.iter().map(|(ip, d)| format!("{ip} -> dom{d}")).collect();
+                format!("{} operator-configured peers: {}", p.len(), list.join(", "))
+            }),
+        ));
+    }
     checks.push(check(
         "xen provider in the setup protocol",
         Err(
@@ -118,6 +145,102 @@ fn diagnose_xen() -> ProviderReport {
         provider: "xen",
         usable: false,
         checks,
+    }
+}
+
+/// Reads `/xway/directory` as a client would: readable, dom0's alone, and how many entries.
+/// In a thread with its own runtime, so that [`diagnose`] stays synchronous and callable from
+/// inside a runtime; bounded by a few seconds.
+fn xen_directory_status() -> Result<String, String> {
+    let worker = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime to read XenStore: {e}"))?;
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), read_xen_directory())
+                .await
+                .unwrap_or_else(|_| Err("XenStore did not answer within 5 s".into()))
+        })
+    });
+    worker
+        .join()
+        .unwrap_or_else(|_| Err("the XenStore reader panicked".into()))
+}
+
+async fn read_xen_directory() -> Result<String, String> {
+    use crate::provider::xen::xenstore::{xs_errno, Tx, XenStore};
+    use xen_directory::{lookup, parse_entry_name, perms_trusted, DIRECTORY, PEERS_ENV};
+    let xs = XenStore::open()
+        .map_err(|e| format!("XenStore: {e}"))?
+        .with_timeout(Duration::from_secs(2));
+    let perms = match xs.get_perms(Tx::NONE, DIRECTORY).await {
+        Ok(p) => p,
+        Err(e) if xs_errno(&e) == Some(libc::ENOENT) => {
+            return Err(format!(
+                "{DIRECTORY} does not exist: nobody publishes the map from guest address to \
+                 domain; run `xway xen-directory` in dom0, or set {PEERS_ENV}"
+            ))
+        }
+        Err(e) if xs_errno(&e) == Some(libc::EACCES) => {
+            return Err(format!(
+                "{DIRECTORY} is not readable by this domain ({e}); dom0 must give it \
+                 permissions r0 (`xway xen-directory` does)"
+            ))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let shown: Vec<String> = perms.iter().map(ToString::to_string).collect();
+    if !perms_trusted(&perms) {
+        return Err(format!(
+            "{DIRECTORY} has permissions {}: not dom0's alone, so not trusted",
+            shown.join(",")
+        ));
+    }
+    let names = xs
+        .directory(Tx::NONE, DIRECTORY)
+        .await
+        .map_err(|e| e.to_string())?;
+    if names.is_empty() {
+        return Err(format!(
+            "{DIRECTORY} is empty: dom0's toolstack gives no guest interface an ip= setting \
+             (xl: vif = [ \"ip=...\" ])"
+        ));
+    }
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for name in &names {
+        let Some(ip) = parse_entry_name(name) else {
+            bad.push(format!("{name}: not an address"));
+            continue;
+        };
+        match lookup(&xs, ip).await {
+            Ok(d) => good.push(format!("{ip} -> dom{d}")),
+            Err(e) => bad.push(format!("{ip}: {e}")),
+        }
+    }
+    const SHOWN: usize = 8;
+    let more = good.len().saturating_sub(SHOWN);
+    let mut detail = format!(
+        "{DIRECTORY} (perms {}): {} entries readable and dom0's ({}{})",
+        shown.join(","),
+        good.len(),
+        good[..good.len().min(SHOWN)].join(", "),
+        if more > 0 {
+            format!(", {more} more")
+        } else {
+            String::new()
+        }
+    );
+    if bad.is_empty() {
+        Ok(detail)
+    } else {
+        detail.push_str(&format!("; {} unusable: {}", bad.len(), bad.join("; ")));
+        if good.is_empty() {
+            Err(detail)
+        } else {
+            Ok(detail)
+        }
     }
 }
 
@@ -171,6 +294,79 @@ pub async fn xen_device_selftest(
         .collect()
 }
 
+/// One pass of [`xen_directory`]: the trusted Xen directory after the pass, and what the pass
+/// changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XenDirectoryUpdate {
+    /// Every published entry: a guest's address and its domain id.
+    pub entries: Vec<(IpAddr, u16)>,
+    /// Entries this pass wrote (new ones, changed ones, repaired permissions).
+    pub written: usize,
+    /// Nodes this pass removed from the directory (a domain gone, a stray node).
+    pub removed: usize,
+    /// Why some guest interfaces or addresses were not published (no `ip=` setting, an
+    /// address claimed by two domains, ...).
+    pub notes: Vec<String>,
+    text: String,
+}
+
+impl fmt::Display for XenDirectoryUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Publishes, in dom0, the map from guest IP address to domain id that the xen provider's
+/// clients trust (`/xway/directory/<ip>`, permissions `r0`: every domain reads, only dom0
+/// writes), built from the toolstack's data: each guest vif's `ip=` setting
+/// (`/local/domain/0/backend/vif/<domid>/<devid>/ip`). Entries of domains that are gone and
+/// stray nodes are removed; a pass that finds the directory current writes nothing.
+///
+/// With `keep_current`, it then keeps the directory current: it re-syncs after every change
+/// under the vif backends, the directory itself and `@releaseDomain` (events within 250 ms
+/// are handled together), and at least every 30 s. It returns only on error. Without
+/// `keep_current` it returns after one pass.
+///
+/// `on_update` sees the first pass and every later pass that changed something (or whose
+/// notes changed).
+///
+/// # Errors
+///
+/// - `PermissionDenied` when not run in dom0 (the message says so: guests only read the
+///   directory);
+/// - `NotFound` without Xen or without a running xenstored (the message says what was tried);
+/// - XenStore errors during a pass (`TimedOut`, the connection lost).
+///
+/// # Cancel safety
+///
+/// Dropping the future stops publishing; the entries already written stay (they remain right
+/// until the toolstack's data changes).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn f() -> std::io::Result<()> {
+/// // In dom0, as `xway xen-directory` does:
+/// xway_tokio::doctor::xen_directory(true, |update| println!("{update}")).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn xen_directory(
+    keep_current: bool,
+    mut on_update: impl FnMut(&XenDirectoryUpdate),
+) -> io::Result<()> {
+    xen_directory::run(keep_current, &mut |u| {
+        on_update(&XenDirectoryUpdate {
+            entries: u.entries.iter().map(|(ip, d)| (*ip, d.get())).collect(),
+            written: u.written.len(),
+            removed: u.removed.len(),
+            notes: u.notes.clone(),
+            text: u.to_string(),
+        })
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +384,26 @@ mod tests {
         assert!(!xen.usable);
         assert!(xen.checks.iter().any(|c| c.result.is_err()));
         assert!(xen.to_string().contains("xen provider: NOT usable"));
+        // Without Xen (CI), the directory is not read, and the report says why.
+        let dir = xen.checks.iter().find(|c| c.what == "trusted directory");
+        let dir = dir.expect("a trusted-directory line");
+        if !std::path::Path::new("/dev/xen/xenbus").exists() {
+            assert!(dir
+                .result
+                .as_ref()
+                .unwrap_err()
+                .contains("XenStore is not reachable"));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_directory_publisher_explains_a_missing_xen() {
+        if std::path::Path::new("/dev/xen/xenbus").exists() {
+            return;
+        }
+        let e = xen_directory(false, |_| panic!("no update without Xen"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("/dev/xen/xenbus"), "{e}");
     }
 }
