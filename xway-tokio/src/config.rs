@@ -1,13 +1,21 @@
 //! Connection configuration.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::provider::xen::DomId;
 use crate::ring::layout::{MAX_ORDER, MIN_ORDER};
 
 /// The environment variable that forces every xway connection in the process onto plain TCP
 /// when set to anything but `0` or the empty string. Read once, at first use.
 pub const FORCE_TCP_ENV: &str = "XWAY_FORCE_TCP";
+
+/// The environment variable with operator-configured Xen peers: `IP=DOMID` pairs separated by
+/// commas, e.g. `XWAY_XEN_PEERS=192.0.2.11=1,192.0.2.12=2`. Read once, at first use; malformed
+/// entries are ignored with a warning. See [`XwayConfigBuilder::xen_peer`].
+pub const XEN_PEERS_ENV: &str = "XWAY_XEN_PEERS";
 
 /// Whether xway may, must, or must not use the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +79,7 @@ pub struct XwayConfig {
     rendezvous_timeout: Duration,
     uid_policy: UidPolicy,
     spin_budget: Duration,
+    xen_peers: BTreeMap<IpAddr, u16>,
 }
 
 /// Default bytes per ring direction.
@@ -85,6 +94,7 @@ impl Default for XwayConfig {
             rendezvous_timeout: Duration::from_millis(200),
             uid_policy: UidPolicy::SameUser,
             spin_budget: DEFAULT_SPIN_BUDGET,
+            xen_peers: BTreeMap::new(),
         }
     }
 }
@@ -151,6 +161,16 @@ impl XwayConfig {
         self.spin_budget
     }
 
+    /// The domain id an operator configured for a Xen guest at `ip` (this configuration first,
+    /// then [`XEN_PEERS_ENV`]), if any.
+    pub fn xen_peer(&self, ip: IpAddr) -> Option<u16> {
+        let ip = ip.to_canonical();
+        self.xen_peers
+            .get(&ip)
+            .or_else(|| env_xen_peers().get(&ip))
+            .copied()
+    }
+
     /// The mode after the environment override.
     pub(crate) fn effective_mode(&self) -> EffectiveMode {
         if self.mode == Mode::TcpOnly {
@@ -176,6 +196,44 @@ fn forced_tcp_by_env() -> bool {
     static FORCED: OnceLock<bool> = OnceLock::new();
     *FORCED
         .get_or_init(|| std::env::var_os(FORCE_TCP_ENV).is_some_and(|v| !v.is_empty() && v != "0"))
+}
+
+fn env_xen_peers() -> &'static BTreeMap<IpAddr, u16> {
+    static PEERS: OnceLock<BTreeMap<IpAddr, u16>> = OnceLock::new();
+    PEERS.get_or_init(|| {
+        let Some(value) = std::env::var_os(XEN_PEERS_ENV) else {
+            return BTreeMap::new();
+        };
+        let (peers, bad) = parse_xen_peers(&value.to_string_lossy());
+        for entry in bad {
+            tracing::warn!(%entry, "xway: ignoring a malformed {XEN_PEERS_ENV} entry (expected IP=DOMID)");
+        }
+        peers
+    })
+}
+
+/// Parses `IP=DOMID[,IP=DOMID...]`; returns the good entries and the malformed ones.
+fn parse_xen_peers(value: &str) -> (BTreeMap<IpAddr, u16>, Vec<String>) {
+    let mut peers = BTreeMap::new();
+    let mut bad = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let parsed = entry.split_once('=').and_then(|(ip, domid)| {
+            let ip = ip.trim().parse::<IpAddr>().ok()?.to_canonical();
+            let domid = domid
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|d| DomId::new(*d).is_some())?;
+            Some((ip, domid))
+        });
+        match parsed {
+            Some((ip, domid)) => {
+                peers.insert(ip, domid);
+            }
+            None => bad.push(entry.to_owned()),
+        }
+    }
+    (peers, bad)
 }
 
 /// Builds an [`XwayConfig`]. See [`XwayConfig::builder`].
@@ -211,6 +269,32 @@ impl XwayConfigBuilder {
     pub fn xen_ring_size(mut self, bytes: usize) -> Self {
         let order = bytes.max(1).next_power_of_two().trailing_zeros();
         self.config.xen_ring_order = order.clamp(MIN_ORDER, MAX_XEN_RING_SIZE.trailing_zeros());
+        self
+    }
+
+    /// Declares that the Xen guest with address `ip` on this host is domain `domid`: an
+    /// operator-configured peer, the alternative to dom0's directory (`xway xen-directory`).
+    ///
+    /// A client grants ring pages only to a domain id from one of these two trusted sources
+    /// (never from the network or the peer); without either, connections between guests use
+    /// TCP. Entries here come before [`XEN_PEERS_ENV`] and the directory. Ids of reserved
+    /// domains (`0x7FF0` and above) are ignored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::net::Ipv4Addr;
+    /// use xway_tokio::XwayConfig;
+    ///
+    /// let config = XwayConfig::builder()
+    ///     .xen_peer(Ipv4Addr::new(192, 0, 2, 11).into(), 1)
+    ///     .build();
+    /// assert_eq!(config.xen_peer(Ipv4Addr::new(192, 0, 2, 11).into()), Some(1));
+    /// ```
+    pub fn xen_peer(mut self, ip: IpAddr, domid: u16) -> Self {
+        if DomId::new(domid).is_some() {
+            self.config.xen_peers.insert(ip.to_canonical(), domid);
+        }
         self
     }
 
@@ -268,6 +352,20 @@ mod tests {
                 .ring_size(),
             16 << 20
         );
+    }
+
+    #[test]
+    fn xen_peers_parse_strictly_and_keep_the_good_entries() {
+        let (peers, bad) = parse_xen_peers(
+            " 192.0.2.11=1, [::1]=2,::ffff:192.0.2.12 = 3,x=1,1.2.3.4=32752,5.6.7.8,,",
+        );
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(peers.get(&v4("192.0.2.11")), Some(&1));
+        assert_eq!(peers.get(&v4("192.0.2.12")), Some(&3));
+        assert_eq!(peers.len(), 2);
+        assert_eq!(bad, ["[::1]=2", "x=1", "1.2.3.4=32752", "5.6.7.8"]);
+        let (peers, _) = parse_xen_peers("::1=7");
+        assert_eq!(peers.get(&v4("::1")), Some(&7));
     }
 
     #[test]

@@ -88,7 +88,7 @@ mod integrations;
 
 pub use config::{
     Mode, UidPolicy, XwayConfig, XwayConfigBuilder, DEFAULT_RING_SIZE, DEFAULT_SPIN_BUDGET,
-    DEFAULT_XEN_RING_SIZE, FORCE_TCP_ENV, MAX_XEN_RING_SIZE,
+    DEFAULT_XEN_RING_SIZE, FORCE_TCP_ENV, MAX_XEN_RING_SIZE, XEN_PEERS_ENV,
 };
 pub use listener::XwayListener;
 pub use stream::{

@@ -116,7 +116,7 @@ async fn connect_xen(
     config: &XwayConfig,
     required: bool,
 ) -> io::Result<XwayStream> {
-    let target = match xen::find_listener(addr, config.rendezvous_timeout()).await {
+    let target = match xen::find_listener(addr, config).await {
         Ok(Some(target)) => target,
         Ok(None) => {
             return tcp(

@@ -37,6 +37,7 @@ use super::gntalloc::{Gntalloc, PeerAccess};
 use super::gntdev::{Gntdev, ReadWrite};
 use super::xenstore::{xs_errno, Access, Perm, Tx, Watch, WatchEvent, XenStore};
 use super::{DomId, PAGE_SIZE};
+use crate::config::XwayConfig;
 use crate::ring::layout::{state, Header, Layout, HEADER_LEN, MIN_ORDER, STATE_OFFSET};
 use crate::ring::{as_uninit, Region};
 use crate::setup::wire::DeclineReason;
@@ -211,26 +212,30 @@ pub(crate) struct Target {
     inbox: String,
 }
 
-/// Looks up the listener for `dst` in another guest: dom0's directory gives the domain that
-/// owns `dst`'s IP, and that domain's advertisement says an xway listener is there.
+/// Looks up the listener for `dst` in another guest: the operator's configuration or dom0's
+/// directory gives the domain that owns `dst`'s IP (the only trusted sources, I3), and that
+/// domain's advertisement says an xway listener is there.
 ///
 /// `Ok(None)`: no Xen here, or no co-resident xway listener for `dst`; plain TCP.
 pub(crate) async fn find_listener(
     dst: SocketAddr,
-    timeout: Duration,
+    config: &XwayConfig,
 ) -> Result<Option<Target>, FallbackReason> {
     let Some(xs) = open_xenstore() else {
         return Ok(None);
     };
-    let xs = xs.with_timeout(timeout);
+    let xs = xs.with_timeout(config.rendezvous_timeout());
     let ip = dst.ip().to_canonical();
-    let server = match xs.read(Tx::NONE, &directory::entry_path(ip)).await {
-        Ok(value) => std::str::from_utf8(&value)
-            .map_err(|_| setup_failed("directory entry", "not text"))?
-            .parse::<DomId>()
-            .map_err(|e| setup_failed("directory entry", e))?,
-        Err(e) if not_found_or_denied(&e) => return Ok(None),
-        Err(e) => return Err(setup_failed("reading the directory", e)),
+    let server = match config.xen_peer(ip) {
+        Some(domid) => DomId::new(domid).expect("the config refuses reserved ids"),
+        None => match xs.read(Tx::NONE, &directory::entry_path(ip)).await {
+            Ok(value) => std::str::from_utf8(&value)
+                .map_err(|_| setup_failed("directory entry", "not text"))?
+                .parse::<DomId>()
+                .map_err(|e| setup_failed("directory entry", e))?,
+            Err(e) if not_found_or_denied(&e) => return Ok(None),
+            Err(e) => return Err(setup_failed("reading the directory", e)),
+        },
     };
     let me = xs
         .own_domid()
