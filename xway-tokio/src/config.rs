@@ -13,8 +13,9 @@ use crate::ring::layout::{MAX_ORDER, MIN_ORDER};
 pub const FORCE_TCP_ENV: &str = "XWAY_FORCE_TCP";
 
 /// The environment variable with operator-configured Xen peers: `IP=DOMID` pairs separated by
-/// commas, e.g. `XWAY_XEN_PEERS=192.0.2.11=1,192.0.2.12=2`. Read once, at first use; malformed
-/// entries are ignored with a warning. See [`XwayConfigBuilder::xen_peer`].
+/// spaces or commas, e.g. `XWAY_XEN_PEERS="192.0.2.11=1 192.0.2.12=2"`. Read once, at first
+/// use; if any pair is malformed the whole variable is ignored, with a warning (and `xway
+/// doctor` says why). See [`XwayConfigBuilder::xen_peer`].
 pub const XEN_PEERS_ENV: &str = "XWAY_XEN_PEERS";
 
 /// Whether xway may, must, or must not use the ring.
@@ -204,36 +205,14 @@ fn env_xen_peers() -> &'static BTreeMap<IpAddr, u16> {
         let Some(value) = std::env::var_os(XEN_PEERS_ENV) else {
             return BTreeMap::new();
         };
-        let (peers, bad) = parse_xen_peers(&value.to_string_lossy());
-        for entry in bad {
-            tracing::warn!(%entry, "xway: ignoring a malformed {XEN_PEERS_ENV} entry (expected IP=DOMID)");
-        }
-        peers
-    })
-}
-
-/// Parses `IP=DOMID[,IP=DOMID...]`; returns the good entries and the malformed ones.
-fn parse_xen_peers(value: &str) -> (BTreeMap<IpAddr, u16>, Vec<String>) {
-    let mut peers = BTreeMap::new();
-    let mut bad = Vec::new();
-    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let parsed = entry.split_once('=').and_then(|(ip, domid)| {
-            let ip = ip.trim().parse::<IpAddr>().ok()?.to_canonical();
-            let domid = domid
-                .trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|d| DomId::new(*d).is_some())?;
-            Some((ip, domid))
-        });
-        match parsed {
-            Some((ip, domid)) => {
-                peers.insert(ip, domid);
+        match crate::provider::xen::directory::parse_peers(&value.to_string_lossy()) {
+            Ok(peers) => peers.into_iter().map(|(ip, d)| (ip, d.get())).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "xway: ignoring {XEN_PEERS_ENV}");
+                BTreeMap::new()
             }
-            None => bad.push(entry.to_owned()),
         }
-    }
-    (peers, bad)
+    })
 }
 
 /// Builds an [`XwayConfig`]. See [`XwayConfig::builder`].
@@ -352,20 +331,6 @@ mod tests {
                 .ring_size(),
             16 << 20
         );
-    }
-
-    #[test]
-    fn xen_peers_parse_strictly_and_keep_the_good_entries() {
-        let (peers, bad) = parse_xen_peers(
-            " 192.0.2.11=1, [::1]=2,::ffff:192.0.2.12 = 3,x=1,1.2.3.4=32752,5.6.7.8,,",
-        );
-        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(peers.get(&v4("192.0.2.11")), Some(&1));
-        assert_eq!(peers.get(&v4("192.0.2.12")), Some(&3));
-        assert_eq!(peers.len(), 2);
-        assert_eq!(bad, ["[::1]=2", "x=1", "1.2.3.4=32752", "5.6.7.8"]);
-        let (peers, _) = parse_xen_peers("::1=7");
-        assert_eq!(peers.get(&v4("::1")), Some(&7));
     }
 
     #[test]

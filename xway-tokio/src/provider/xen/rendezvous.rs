@@ -228,12 +228,16 @@ pub(crate) async fn find_listener(
     let ip = dst.ip().to_canonical();
     let server = match config.xen_peer(ip) {
         Some(domid) => DomId::new(domid).expect("the config refuses reserved ids"),
-        None => match xs.read(Tx::NONE, &directory::entry_path(ip)).await {
-            Ok(value) => std::str::from_utf8(&value)
-                .map_err(|_| setup_failed("directory entry", "not text"))?
-                .parse::<DomId>()
-                .map_err(|e| setup_failed("directory entry", e))?,
-            Err(e) if not_found_or_denied(&e) => return Ok(None),
+        None => match directory::lookup(&xs, ip).await {
+            Ok(domid) => domid,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(setup_failed("reading the directory", e)),
         },
     };
