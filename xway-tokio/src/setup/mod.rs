@@ -116,7 +116,16 @@ async fn connect_xen(
     config: &XwayConfig,
     required: bool,
 ) -> io::Result<XwayStream> {
-    let target = match xen::find_listener(addr, config).await {
+    // One deadline for the whole lookup: a slow XenStore must not hold up connections to
+    // peers that are not guests of this host for longer than a rendezvous may take.
+    let lookup = tokio::time::timeout(
+        config.rendezvous_timeout(),
+        xen::find_listener(addr, config),
+    );
+    let target = match lookup
+        .await
+        .unwrap_or(Err(FallbackReason::RendezvousTimeout))
+    {
         Ok(Some(target)) => target,
         Ok(None) => {
             return tcp(

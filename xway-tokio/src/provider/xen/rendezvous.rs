@@ -200,6 +200,17 @@ fn open_xenstore() -> Option<XenStore> {
     }
 }
 
+/// This guest's domain id, read once per process (it changes only across a migration, which
+/// no ring survives anyway).
+async fn own_domid(xs: &XenStore) -> io::Result<DomId> {
+    static OWN: std::sync::OnceLock<DomId> = std::sync::OnceLock::new();
+    if let Some(me) = OWN.get() {
+        return Ok(*me);
+    }
+    let me = xs.own_domid().await?;
+    Ok(*OWN.get_or_init(|| me))
+}
+
 // ---- client side ------------------------------------------------------------------------------
 
 /// An advertised listener in another guest of this host.
@@ -241,8 +252,7 @@ pub(crate) async fn find_listener(
             Err(e) => return Err(setup_failed("reading the directory", e)),
         },
     };
-    let me = xs
-        .own_domid()
+    let me = own_domid(&xs)
         .await
         .map_err(|e| setup_failed("reading our domain id", e))?;
     if server == me {
@@ -423,7 +433,7 @@ impl XenAdvertisement {
             return Ok(None);
         };
         let xs = xs.with_timeout(SERVER_XS_TIMEOUT);
-        let me = xs.own_domid().await?;
+        let me = own_domid(&xs).await?;
         let name = addr_name(SocketAddr::new(local.ip().to_canonical(), local.port()));
         let (listen, inbox) = (listen_node(&home(me), &name), inbox_node(&home(me), &name));
         // A previous listener's leftovers (offers for connections long gone) go first.
