@@ -122,10 +122,12 @@ async fn connect_xen(
         config.rendezvous_timeout(),
         xen::find_listener(addr, config),
     );
-    let target = match lookup
-        .await
-        .unwrap_or(Err(FallbackReason::RendezvousTimeout))
-    {
+    let lookup = lookup.await.unwrap_or_else(|_| {
+        Err(FallbackReason::SetupFailed {
+            error: "xen: the XenStore lookup outlasted the rendezvous deadline".into(),
+        })
+    });
+    let target = match lookup {
         Ok(Some(target)) => target,
         Ok(None) => {
             return tcp(
