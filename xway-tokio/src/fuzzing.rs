@@ -103,6 +103,16 @@ pub fn header_decode(bytes: &[u8; HEADER_LEN]) -> Option<usize> {
     Some(len)
 }
 
+/// The xen provider's offer parser (a value another guest wrote in XenStore); on success, the
+/// number of grant refs, checked to be the layout's page count and to survive a re-encoding.
+pub fn xen_offer_parse(bytes: &[u8]) -> Option<usize> {
+    use crate::provider::xen::rendezvous::XenOffer;
+    let o = XenOffer::parse(bytes).ok()?;
+    assert_eq!(o.refs.len() * 4096, o.layout.region_len());
+    assert_eq!(XenOffer::parse(o.encode().as_bytes()).as_ref(), Ok(&o));
+    Some(o.refs.len())
+}
+
 /// `ring::layout::decode_addr`, checked against `encode_addr`.
 pub fn decode_addr(bytes: &[u8]) -> Option<std::net::SocketAddr> {
     let a = layout::decode_addr(bytes)?;
