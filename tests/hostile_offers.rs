@@ -1,9 +1,10 @@
 //! A hostile client crafts its own offers (invariant I2 at setup; I5: anything wrong is TCP with
 //! a reason, never a failed accept): unsealed, resized or foreign "memfds", a header that does
-//! not match the offer, doorbells that are not Unix datagram sockets, a setup state that is not `OFFERED`,
-//! missing descriptors, garbage bytes, and a flood of offers. The honest listener in this
-//! process must answer each connection with TCP (and a decline verdict where it can safely
-//! send one), keep its descriptor use bounded, and keep serving ring clients.
+//! not match the offer, doorbells that are not Unix datagram sockets, a setup state that is not
+//! `OFFERED`, missing descriptors, garbage bytes, two offers for one connection, and a flood of
+//! offers. The honest listener in this process must answer each connection with TCP (and a
+//! decline verdict where it can safely send one), keep its descriptor use bounded, and keep
+//! serving ring clients.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -45,6 +46,8 @@ enum Lie {
     StateClaimed,
     OneDescriptor,
     GarbageBytes,
+    /// A second offer for the same connection: one of the two is not the TCP client's.
+    DuplicateOffer,
 }
 
 const ORDER: u32 = 12;
@@ -141,6 +144,9 @@ async fn hostile_connect(server: SocketAddr, lie: Lie) -> TcpStream {
         fds.pop();
     }
     send_offer(server, &offer, &fds);
+    if lie == Lie::DuplicateOffer {
+        send_offer(server, &offer, &fds);
+    }
     socket.connect(server).await.unwrap()
 }
 
@@ -205,6 +211,7 @@ async fn crafted_offers_get_tcp_with_a_reason_and_never_fail_accept() {
         Lie::StateClaimed,
         Lie::OneDescriptor,
         Lie::GarbageBytes,
+        Lie::DuplicateOffer,
     ] {
         let mut hostile = hostile_connect(addr, lie).await;
         let (mut server, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
@@ -217,7 +224,10 @@ async fn crafted_offers_get_tcp_with_a_reason_and_never_fail_accept() {
             (Some(FallbackReason::InvalidOffer { error }), _) => {
                 eprintln!("{lie:?}: tcp ({error})");
             }
-            (Some(FallbackReason::NoOffer), Lie::OneDescriptor | Lie::GarbageBytes) => {
+            (
+                Some(FallbackReason::NoOffer),
+                Lie::OneDescriptor | Lie::GarbageBytes | Lie::DuplicateOffer,
+            ) => {
                 eprintln!("{lie:?}: tcp (offer dropped: no offer)");
             }
             other => panic!("{lie:?}: unexpected transport {other:?}"),
