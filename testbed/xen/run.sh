@@ -9,11 +9,13 @@
 #   XWAY_TESTBED_CLEAN         1: rebuild all stages (keeps downloaded .debs and cargo's target dir)
 #                              all: delete the whole cache dir first
 #   XWAY_TESTBED_TIMEOUT       overall limit in seconds (default 1500)
-#   XWAY_TESTBED_BOOT_TIMEOUT  limit per boot in seconds (default 480)
+#   XWAY_TESTBED_BOOT_TIMEOUT  limit per boot in seconds (default 600)
 #   XWAY_TESTBED_FLAKE_RETRIES reboots allowed for the known xl-create flake only (default 1)
 #   XWAY_TESTBED_GUEST_LOG     tracing level for the guest binary (e.g. debug); XWAY_LOG in the guests
 #   XWAY_TESTBED_EXPECT_RING   1: require the guest-to-guest XwayStream to be on a ring (Xen provider)
 #   XWAY_TESTBED_BYTES         bulk bytes per exchange (default 1048576)
+#   XWAY_TESTBED_BENCH_BYTES   bytes of the guest-to-guest bulk benchmark, per mode (default 2097152)
+#   XWAY_TESTBED_RTT_ITERS     measured 64 B round trips of the benchmark, per mode (default 200)
 #   XWAY_TESTBED_XEN_SELFTEST  1 (default): run the Xen device-layer self-test in both guests; 0: skip it
 #   XWAY_TESTBED_MIRROR        Debian mirror (default: the one this host's apt uses)
 #   XWAY_TESTBED_ACCEL / _CPU  QEMU accelerator and CPU (default tcg / max; see README.md)
@@ -24,7 +26,7 @@ TB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$TB/../.." && pwd)
 C=${XWAY_TESTBED_DIR:-$REPO/target/xen-testbed}
 TIMEOUT=${XWAY_TESTBED_TIMEOUT:-1500}
-BOOT_TIMEOUT=${XWAY_TESTBED_BOOT_TIMEOUT:-480}
+BOOT_TIMEOUT=${XWAY_TESTBED_BOOT_TIMEOUT:-600}
 FLAKE_RETRIES=${XWAY_TESTBED_FLAKE_RETRIES:-1}
 FLAVOR=${XWAY_TESTBED_FLAVOR:-xway}
 
@@ -107,6 +109,11 @@ wait "$GB_PID" || {
   show_fail guest-bin "$C/logs/stage-guest-bin.log"; }
 GUEST_BIN=$(tail -n 1 "$C/logs/stage-guest-bin.log"); export GUEST_BIN
 K_BIN=$(key "$GUEST_BIN")
+# dom0's `xway` binary (xway xen-directory), built by the same stage for the xway flavor.
+XWAY_BIN=
+[ "$FLAVOR" = xway ] && XWAY_BIN=$(dirname "$GUEST_BIN")/xway
+export XWAY_BIN
+K_XWAY=$(key "${XWAY_BIN:-none}")
 printf 'stage %-16s %6ss  (waited %ss) %s (sha %s)\n' guest-bin "$(elapsed "$GB_T")" "$(elapsed "$t")" \
   "$(grep -a 'Finished' "$C/logs/stage-guest-bin.log" | tail -1 | sed 's/^ *//')" "$K_BIN"
 TIMES+=("guest-bin=$(elapsed "$GB_T")s(waited-$(elapsed "$t")s)")
@@ -120,9 +127,11 @@ stage guest-initramfs "$K_INITRAMFS" 40-guest-initramfs.sh
   echo "EXPECT_RING=${XWAY_TESTBED_EXPECT_RING:-0}"
   echo "BYTES=${XWAY_TESTBED_BYTES:-1048576}"
   echo "XEN_SELFTEST=${XWAY_TESTBED_XEN_SELFTEST:-1}"
+  echo "BENCH_BYTES=${XWAY_TESTBED_BENCH_BYTES:-2097152}"
+  echo "RTT_ITERS=${XWAY_TESTBED_RTT_ITERS:-200}"
 } > "$B/settings.env.new"
 cmp -s "$B/settings.env.new" "$B/settings.env" && rm "$B/settings.env.new" || mv "$B/settings.env.new" "$B/settings.env"
-K_PAYLOAD=$(key "$K_INITRAMFS" "$TB/stages/50-payload.sh" "$TB/dom0/driver.sh" "$B/settings.env")
+K_PAYLOAD=$(key "$K_INITRAMFS" "$K_XWAY" "$TB/stages/50-payload.sh" "$TB/dom0/driver.sh" "$B/settings.env")
 stage payload "$K_PAYLOAD" 50-payload.sh
 
 # Boot; reboot only for the known emulation flake (exit 3 from the boot stage).
@@ -154,6 +163,23 @@ grep -a '^GUEST-RESULT' "$RESULTS" || true
 if grep -qa '^XWAY-BENCH' "$RESULTS"; then
   echo "-- bench (TCG emulation: compare ratios only, never absolute numbers)"
   awk '$1 == "XWAY-BENCH" { printf "%-7s %-32s %10s %-5s %s\n", $2, $3, $4, $5, substr($0, index($0, "transport:")) }' "$RESULTS"
+fi
+if grep -qa '^XWAY-BENCH [^ ]* bench:' "$RESULTS"; then
+  echo "-- guest-to-guest benchmark: guest B -> guest A, xway as configured vs xway forced to TCP (same boot)"
+  awk '$1 == "XWAY-BENCH" && $3 ~ /^bench:/ {
+         split($3, k, ":"); v[k[2] ":" k[3]] = $4
+         if (k[2] == "xway" && k[3] == "rtt-64B-p50") t = substr($0, index($0, "transport: ") + 11) }
+       function row(label, fig, lower,   x, y, r) {
+         x = v["xway:" fig]; y = v["tcp:" fig]
+         r = (x != "" && y != "" && y + 0 > 0) ? sprintf("%.3f", x / y) : "-"
+         printf "%-30s %12s %12s %10s  %s\n", label, (x == "" ? "-" : x), (y == "" ? "-" : y), r, lower }
+       END {
+         printf "%-30s %12s %12s %10s\n", "figure", "xway", "tcp", "xway/tcp"
+         row("64 B ping-pong p50, us", "rtt-64B-p50", "(lower is better)")
+         row("64 B ping-pong p99, us", "rtt-64B-p99", "(lower is better)")
+         row("bulk, 64 KiB writes, MB/s", "bulk-64KiB", "(higher is better)")
+         row("connect, ms", "connect", "(lower is better)")
+         printf "xway transport: %s\n", (t == "" ? "?" : t) }' "$RESULTS"
 fi
 VERDICT=$(cat "$RUN/verdict" 2>/dev/null || echo "FAIL no verdict")
 nfail=$(grep -c '^XWAY-TEST [^ ]* [^ ]* FAIL' "$RESULTS" || true)

@@ -13,8 +13,12 @@
 #   dom0_after_create() dom0 setup once the guests exist (e.g. publish IP -> domid for discovery)
 #   dom0_checks()     checks dom0 runs while the guests run (today: a plain TCP peer against guest A)
 #   REQUIRED          checks that must have PASSed (a check that silently did not run is a FAIL)
-#   (coming) domain-destroyed: `xl destroy xway-a` from dom0_checks() while guest B reads, and expect
-#   the client's check to see EOF/ConnectionReset promptly; peer-killed: a guest role that aborts.
+#
+# dom0 runs the project's `xway xen-directory` (the trusted map guest IP -> domain id, /xway/directory)
+# in the background from dom0_after_create() on, and checks it with the toolstack's own tools
+# (xenstore-read, xenstore-ls -p). The last test is the peer domain's destruction: once guest B holds
+# an idle stream to guest A (XWAY-READY client destroy-hold), dom0 runs `xl destroy xway-a` and tells B
+# (data/xway-destroyed in B's home); B's read must end within a bound.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/xen-4.17/bin
 . /lab/settings.env
 T0=$(cut -d' ' -f1 /proc/uptime)
@@ -22,6 +26,9 @@ ts() { echo "[dom0 +$(awk -v t0="$T0" '{printf "%.1f", $1-t0}' /proc/uptime)s] $
 RES=/var/log/xway; CON=/var/log/xen/console
 mkdir -p "$RES"
 DOM0LOG=$RES/dom0-tests.log
+: > "$DOM0LOG"
+# dtest <name> PASS|FAIL <detail>: one of dom0's own checks (results protocol of guest/src/main.rs).
+dtest() { local n=$1 v=$2; shift 2; echo "XWAY-TEST dom0 $n $v $*" | tee -a "$DOM0LOG"; }
 
 SERVER_IP=192.0.2.11; CLIENT_IP=192.0.2.12; DOM0_IP=192.0.2.1; PORT=7000
 # Connections guest A's tcp-server serves: guest B's XwayStream client, guest B's plain peer, dom0's plain peer.
@@ -38,7 +45,24 @@ client:xway-client:small-after-bulk client:xway-client:ping-pong client:xway-cli
 client:plain-peer:no-unsolicited-bytes client:plain-peer:bulk-echo client:plain-peer:half-close
 dom0:plain-peer:no-unsolicited-bytes dom0:plain-peer:bulk-echo dom0:plain-peer:half-close
 "
-[ "${EXPECT_RING:-0}" = 1 ] && REQUIRED="$REQUIRED client:ring-used"
+# Peer death and the benchmark (guest/src/faults.rs, bench.rs), on any transport; the checks that the
+# stream was a ring (and that a destroyed domain ends it: plain TCP cannot see that) need EXPECT_RING.
+REQUIRED="$REQUIRED
+server:bench-server:served client:bench:xway:ping-pong client:bench:xway:bulk
+client:bench:tcp:ping-pong client:bench:tcp:bulk client:bench:tcp:tcp-used
+server:killed:wrote server:killed:sigkill client:killed:bytes client:killed:end
+server:destroyed:accepted dom0:destroyed:xl-destroy
+"
+[ "${EXPECT_RING:-0}" = 1 ] && REQUIRED="$REQUIRED client:ring-used client:bench:xway:ring-used
+client:killed:ring-used client:destroyed:ring-used client:destroyed:end"
+# The trusted directory (xway xen-directory in dom0): needs the xway binary, so the xway flavor.
+DIRECTORY=0
+[ "$FLAVOR" = xway ] && [ -x /lab/xway ] && DIRECTORY=1
+[ $DIRECTORY = 1 ] && REQUIRED="$REQUIRED
+dom0:xen-directory:published dom0:xen-directory:perms dom0:xen-directory:keeps-current
+dom0:xen-directory:follows-destroy dom0:xen-directory:running
+client:directory:peer-entry client:directory:perms client:directory:no-forgery
+"
 # Xen device layer self-test (guest/init.sh): round 1 A offers / B maps and exits; round 2 B offers /
 # A maps and is killed with SIGKILL.
 [ "${XEN_SELFTEST:-0}" = 1 ] && [ "$FLAVOR" = xway ] && REQUIRED="$REQUIRED
@@ -81,7 +105,8 @@ ip link set lo up
 guest_extra() {  # <role> <ip> <peer> [more args]
   local e="console=hvc0 loglevel=4 xway_role=$1 xway_ip=$2/24 xway_peer=$3 xway_port=$PORT"
   e="$e xway_conns=$CONNS xway_bytes=${BYTES:-1048576} xway_expect_ring=${EXPECT_RING:-0}"
-  e="$e xway_xen_selftest=${XEN_SELFTEST:-0}${4:+ $4}"
+  e="$e xway_xen_selftest=${XEN_SELFTEST:-0} xway_dir=$DIRECTORY xway_bench_bytes=${BENCH_BYTES:-2097152}"
+  e="$e xway_rtt_iters=${RTT_ITERS:-200}${4:+ $4}"
   [ -n "${GUEST_LOG:-}" ] && e="$e xway_log=$GUEST_LOG"
   echo "$e"
 }
@@ -94,7 +119,7 @@ ramdisk  = "/lab/guest.cpio.gz"
 extra    = "$(guest_extra "$2" "$3" "$4" "${6:-}")"
 memory   = 256
 vcpus    = 1
-vif      = [ "mac=00:16:3e:00:00:$5,bridge=xenbr0" ]
+vif      = [ "mac=00:16:3e:00:00:$5,bridge=xenbr0,ip=$3" ]
 on_poweroff = "destroy"
 on_crash    = "destroy"
 CFG
@@ -124,15 +149,64 @@ create b
 DOMID_B=$(xl domid xway-b)
 xl list
 
-# Extension point: dom0-side setup that needs the guests' domain ids, e.g. publishing the IP -> domid
-# map the Xen provider's discovery reads from XenStore (the project's dom0 command, once it exists:
-# copy it to the payload in stages/50-payload.sh and call it here).
+# dom0-side setup that needs the guests' domain ids: the self-test's peer id for guest A, and the
+# trusted directory (`xway xen-directory`, from the payload) that the Xen provider's clients read.
+DIR_PID=
 dom0_after_create() {
   # Guest A's peer domain id, readable by A only, writable by dom0 only (xenstore-perms.md: a node dom0
   # creates under A's home inherits owner A until the chmod; A's reader waits for owner dom0).
   local n=/local/domain/$DOMID_A/data/xway-peer-domid
   xenstore-write "$n" "$DOMID_B" && xenstore-chmod "$n" n0 "r$DOMID_A" || ts "publishing $n failed"
   ts "domain ids: xway-a=$DOMID_A xway-b=$DOMID_B; $n = $(xenstore-read "$n") ($(xenstore-ls -p "$n" 2>/dev/null | tr -s ' '))"
+  [ $DIRECTORY = 1 ] || return 0
+  ts "vif backends: $(for d in $DOMID_A $DOMID_B; do echo -n "dom$d ip=$(xenstore-read /local/domain/0/backend/vif/$d/0/ip 2>&1) "; done)"
+  /lab/xway xen-directory > "$RES/xen-directory.log" 2>&1 &
+  DIR_PID=$!
+  directory_checks
+}
+
+# The directory as dom0's tools see it: both guests' entries, permissions r0 on the directory node
+# and on each entry (xenstore-perms.md 1c: only a node's own permissions count), and the publisher
+# keeps it current (removes a stale entry, repairs permissions).
+E_A=/xway/directory/${SERVER_IP//./-} E_B=/xway/directory/${CLIENT_IP//./-}
+directory_checks() {
+  local i a b ls
+  for i in $(seq 120); do
+    a=$(xenstore-read $E_A 2>/dev/null) b=$(xenstore-read $E_B 2>/dev/null)
+    [ "$a" = "$DOMID_A" ] && [ "$b" = "$DOMID_B" ] && break
+    kill -0 $DIR_PID 2>/dev/null || break
+    sleep 0.25
+  done
+  if [ "$a" = "$DOMID_A" ] && [ "$b" = "$DOMID_B" ]; then
+    dtest xen-directory:published PASS "$E_A = $a, $E_B = $b after ~$((i/4))s; publisher: $(head -c 300 "$RES/xen-directory.log" | tr '\n' ' ')"
+  else
+    dtest xen-directory:published FAIL "$E_A = '$a' (want $DOMID_A), $E_B = '$b' (want $DOMID_B); publisher $(kill -0 $DIR_PID 2>/dev/null && echo running || echo exited): $(tail -c 400 "$RES/xen-directory.log" | tr '\n' ' ')"
+  fi
+  ls=$(xenstore-ls -p /xway 2>&1 | tr -s ' ')
+  local bad=""
+  for node in directory ${SERVER_IP//./-} ${CLIENT_IP//./-}; do
+    echo "$ls" | grep -E "^ *$node = " | grep -qE '\(r0\)$' || bad="$bad $node"
+  done
+  if [ -z "$bad" ]; then
+    dtest xen-directory:perms PASS "r0 on the directory and both entries: $(echo "$ls" | tr '\n' ';')"
+  else
+    dtest xen-directory:perms FAIL "not (r0):$bad; xenstore-ls -p /xway: $(echo "$ls" | tr '\n' ';')"
+  fi
+  # Keeps current: a stale entry disappears, tampered permissions come back (the watch on the
+  # directory itself), all within the publisher's debounce plus TCG slowness.
+  xenstore-write /xway/directory/192-0-2-99 77 && xenstore-chmod $E_B b0
+  local gone=0 fixed=0
+  for i in $(seq 80); do
+    xenstore-read /xway/directory/192-0-2-99 >/dev/null 2>&1 || gone=1
+    xenstore-ls -p /xway 2>/dev/null | grep -E "^ *${CLIENT_IP//./-} = " | grep -qE '\(r0\)\s*$' && fixed=1
+    [ $gone = 1 ] && [ $fixed = 1 ] && break
+    sleep 0.25
+  done
+  if [ $gone = 1 ] && [ $fixed = 1 ]; then
+    dtest xen-directory:keeps-current PASS "a stale entry removed and $E_B's permissions (b0) back to r0 within ~$((i/4))s"
+  else
+    dtest xen-directory:keeps-current FAIL "stale entry removed=$gone, permissions repaired=$fixed after 20s: $(xenstore-ls -p /xway 2>&1 | tr -s ' ' | tr '\n' ';')"
+  fi
 }
 dom0_after_create
 
@@ -142,10 +216,47 @@ dom0_checks() {
   for i in $(seq 400); do grep -aq 'XWAY-READY server' $CON/guest-xway-a.log 2>/dev/null && break; sleep 0.5; done
   ts "server ready; dom0 plain-peer check"
   timeout 150 /lab/xway-testbed-guest plain-peer --role dom0 --peer $SERVER_IP:$PORT --bytes "${BYTES:-1048576}" \
-    --deadline 140 > "$DOM0LOG" 2>&1
+    --deadline 140 > "$RES/dom0-plain-peer.log" 2>&1
   local rc=$?
-  [ $rc = 0 ] || echo "XWAY-TEST dom0 plain-peer-exit FAIL exit status $rc" >> "$DOM0LOG"
-  cat "$DOM0LOG"
+  [ $rc = 0 ] || echo "XWAY-TEST dom0 plain-peer-exit FAIL exit status $rc" >> "$RES/dom0-plain-peer.log"
+  cat "$RES/dom0-plain-peer.log" | tee -a "$DOM0LOG"
+  destroy_peer
+}
+
+# Peer domain destroyed: once guest A has printed its result and guest B holds an idle stream to
+# A's hold-server, destroy A, then tell B (a dom0-owned node B can read); B checks its stream ends.
+destroy_peer() {
+  local i ready=0
+  ts "waiting for guest A's result and guest B's held stream"
+  for i in $(seq 500); do
+    grep -aq 'GUEST-RESULT server' $CON/guest-xway-a.log 2>/dev/null \
+      && grep -aq 'XWAY-READY client destroy-hold' $CON/guest-xway-b.log 2>/dev/null && { ready=1; break; }
+    xl list | grep -q 'xway-b ' || break
+    sleep 0.5
+  done
+  ts "destroying xway-a (ready=$ready)"
+  local t0 t1 n=/local/domain/$DOMID_B/data/xway-destroyed
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  if xl destroy xway-a > "$RES/xl-destroy-a.out" 2>&1; then
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    xenstore-write $n "dom$DOMID_A destroyed by xl in $(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f", b-a}')s" \
+      && xenstore-chmod $n n0 r$DOMID_B || ts "writing $n failed"
+    if [ $ready = 1 ]; then
+      dtest destroyed:xl-destroy PASS "xl destroy xway-a (dom$DOMID_A) while guest B held a stream to it; took $(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f", b-a}')s"
+    else
+      dtest destroyed:xl-destroy FAIL "destroyed xway-a without guest B holding its stream (no XWAY-READY client destroy-hold, or no GUEST-RESULT server)"
+    fi
+  else
+    dtest destroyed:xl-destroy FAIL "xl destroy xway-a: $(tr '\n' ' ' < "$RES/xl-destroy-a.out")"
+  fi
+  [ $DIRECTORY = 1 ] || return 0
+  # The publisher follows the toolstack: A's vif backend is gone, so is its entry.
+  for i in $(seq 80); do xenstore-read $E_A >/dev/null 2>&1 || break; sleep 0.25; done
+  if xenstore-read $E_A >/dev/null 2>&1; then
+    dtest xen-directory:follows-destroy FAIL "$E_A still there 20s after xl destroy: $(xenstore-ls -p /xway 2>&1 | tr -s ' ' | tr '\n' ';')"
+  else
+    dtest xen-directory:follows-destroy PASS "$E_A removed within ~$((i/4))s of xl destroy; $E_B = $(xenstore-read $E_B 2>&1)"
+  fi
 }
 dom0_checks
 
@@ -156,6 +267,14 @@ if xl list | grep -q xway-; then
   xl destroy xway-a 2>/dev/null; xl destroy xway-b 2>/dev/null
 fi
 ts "guests done"
+if [ $DIRECTORY = 1 ]; then
+  if kill -0 $DIR_PID 2>/dev/null; then
+    dtest xen-directory:running PASS "the publisher ran the whole test; its log: $(tr '\n' '|' < "$RES/xen-directory.log" | tail -c 600)"
+    kill $DIR_PID
+  else
+    wait $DIR_PID; dtest xen-directory:running FAIL "the publisher exited (status $?): $(tr '\n' '|' < "$RES/xen-directory.log" | tail -c 600)"
+  fi
+fi
 
 # Verdict. Console logs of xenconsoled may have CRs.
 for n in a b; do tr -d '\r' < $CON/guest-xway-$n.log > "$RES/guest-xway-$n.log" 2>/dev/null; done

@@ -4,7 +4,9 @@
 #   FLAVOR=xway  (default) links xway-tokio (the real XwayStream/XwayListener)
 #   FLAVOR=plain stand-ins on plain tokio (feature `plain`); built from a copy of the manifest without
 #                the xway-tokio dependency, so it works even while xway-tokio's manifest cannot load.
-# Output: the binary's path on the last line of stdout.
+# Flavor xway also builds the root package's `xway` binary the same way (static, release, no debug info),
+# for dom0's `xway xen-directory`; it lands at $CARGO_TARGET_DIR/<target>/release/xway (run.sh looks there).
+# Output: the guest binary's path on the last line of stdout.
 set -euo pipefail
 : "${TB:?}" "${C:?}" "${FLAVOR:?}"
 TARGET=x86_64-unknown-linux-gnu
@@ -31,7 +33,13 @@ elif ! command -v cargo >/dev/null; then
 fi
 RUSTFLAGS='-C target-feature=+crt-static' nice -n 10 "${CARGO[@]}" build --release --target $TARGET \
   --manifest-path "$MANIFEST" "${FEATURES[@]}" >&2
+is_elf() { [ "$(head -c 4 "$1" 2>/dev/null | od -An -tx1 | tr -d ' \n')" = 7f454c46 ] || { echo "no ELF at $1" >&2; exit 1; }; }
 BIN=$CARGO_TARGET_DIR/$TARGET/release/xway-testbed-guest
-file_info=$(head -c 20 "$BIN" | od -An -tx1 | tr -d ' \n')
-[ "${file_info:0:8}" = 7f454c46 ] || { echo "no ELF at $BIN" >&2; exit 1; }
+is_elf "$BIN"
+if [ "$FLAVOR" = xway ]; then
+  REPO=$(cd "$TB/../.." && pwd)
+  RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+    nice -n 10 "${CARGO[@]}" build --release --target $TARGET --manifest-path "$REPO/Cargo.toml" --bin xway >&2
+  is_elf "$CARGO_TARGET_DIR/$TARGET/release/xway"
+fi
 echo "$BIN"
