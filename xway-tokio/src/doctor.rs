@@ -109,6 +109,7 @@ fn diagnose_local() -> ProviderReport {
 
 fn diagnose_xen() -> ProviderReport {
     let probe = crate::provider::xen::probe();
+    let devices_ok = probe.usable();
     let xenstore_ok = probe
         .checks
         .iter()
@@ -118,32 +119,33 @@ fn diagnose_xen() -> ProviderReport {
         .into_iter()
         .map(|c| check(c.what, c.result))
         .collect();
-    checks.push(check(
-        "trusted directory",
-        if xenstore_ok {
-            xen_directory_status()
-        } else {
-            Err("not checked: XenStore is not reachable (see above)".into())
-        },
-    ));
+    // Where a client learns a server's domain id (I3): dom0's directory, or the operator.
+    let directory = if xenstore_ok {
+        xen_directory_status()
+    } else {
+        Err("not checked: XenStore is not reachable (see above)".into())
+    };
+    let directory_ok = directory.is_ok();
+    checks.push(check("trusted directory", directory));
+    let mut peers_ok = false;
     if let Some(peers) = std::env::var_os(xen_directory::PEERS_ENV) {
-        checks.push(check(
-            xen_directory::PEERS_ENV,
-            xen_directory::parse_peers(&peers.to_string_lossy()).map(|p| {
-                let list: Vec<String> = p.iter().map(|(ip, d)| format!("{ip} -> dom{d}")).collect();
-                format!("{} operator-configured peers: {}", p.len(), list.join(", "))
-            }),
-        ));
+        let peers = xen_directory::parse_peers(&peers.to_string_lossy()).and_then(|p| {
+            if p.is_empty() {
+                return Err(format!("{} names no peer", xen_directory::PEERS_ENV));
+            }
+            let list: Vec<String> = p.iter().map(|(ip, d)| format!("{ip} -> dom{d}")).collect();
+            Ok(format!(
+                "{} operator-configured peers: {}",
+                p.len(),
+                list.join(", ")
+            ))
+        });
+        peers_ok = peers.is_ok();
+        checks.push(check(xen_directory::PEERS_ENV, peers));
     }
-    checks.push(check(
-        "xen provider in the setup protocol",
-        Err(
-            "not wired in yet: the device layer exists, connections between domains use TCP".into(),
-        ),
-    ));
     ProviderReport {
         provider: "xen",
-        usable: false,
+        usable: devices_ok && (directory_ok || peers_ok),
         checks,
     }
 }
