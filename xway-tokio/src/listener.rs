@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
-use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 
 use crate::config::{EffectiveMode, XwayConfig};
 use crate::provider::local::Advertisement;
@@ -110,12 +110,8 @@ impl XwayListener {
     ) -> io::Result<XwayListener> {
         let mut last_err = None;
         for addr in tokio::net::lookup_host(addr).await? {
-            match TcpListener::bind(addr).await {
-                Ok(tcp) => {
-                    let mut listener = XwayListener::from_tcp_with(tcp, config);
-                    listener.advertise_xen().await;
-                    return Ok(listener);
-                }
+            match XwayListener::bind_one(addr, &config).await {
+                Ok(listener) => return Ok(listener),
                 Err(e) => last_err = Some(e),
             }
         }
@@ -166,26 +162,25 @@ impl XwayListener {
         }
     }
 
-    /// Advertises the listener in XenStore too, where there is one and the ring is allowed.
-    async fn advertise_xen(&mut self) {
-        if self.advertisement.is_none() {
-            // TCP only by configuration or environment (or the local advertisement failed,
-            // which the listener already explained).
-            return;
-        }
-        let Ok(local) = self.tcp.local_addr() else {
-            return;
+    /// Binds one address as `TcpListener::bind` does (`SO_REUSEADDR`, backlog 1024), but
+    /// advertises in XenStore between `bind` and `listen`: a client in another guest that can
+    /// connect finds the advertisement (one that finds it first is refused and retries, as it
+    /// would be without xway).
+    async fn bind_one(addr: SocketAddr, config: &XwayConfig) -> io::Result<XwayListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
         };
-        match XenAdvertisement::bind(local).await {
-            Ok(Some(xen)) => {
-                tracing::debug!(node = xen.node(), "xway: listener advertised in XenStore");
-                self.xen = Some(Arc::new(xen));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "xway: listener could not advertise in XenStore; other guests get plain TCP");
-            }
-        }
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let xen = match config.effective_mode() {
+            EffectiveMode::Ring { .. } => advertise_xen(socket.local_addr()?, config).await,
+            EffectiveMode::TcpByConfig | EffectiveMode::TcpByEnv => None,
+        };
+        let mut listener = XwayListener::from_tcp_with(socket.listen(1024)?, config.clone());
+        listener.xen = xen;
+        Ok(listener)
     }
 
     /// Wraps a bound std listener, like [`TcpListener::from_std`]: it must be in non-blocking
@@ -323,6 +318,21 @@ impl XwayListener {
     /// Sets the `IP_TTL` of the listening socket.
     pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
         self.tcp.set_ttl(ttl)
+    }
+}
+
+/// Advertises a listener in XenStore, where there is one; failing is logged, not an error.
+async fn advertise_xen(local: SocketAddr, config: &XwayConfig) -> Option<Arc<XenAdvertisement>> {
+    match XenAdvertisement::bind(local, config).await {
+        Ok(Some(xen)) => {
+            tracing::debug!(node = xen.node(), "xway: listener advertised in XenStore");
+            Some(Arc::new(xen))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "xway: listener could not advertise in XenStore; other guests get plain TCP");
+            None
+        }
     }
 }
 

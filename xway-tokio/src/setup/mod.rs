@@ -457,7 +457,7 @@ pub(crate) fn accept(
         });
     }
     match xen {
-        Some(xen) if xen.may_have_offer(client) => {
+        Some(xen) if xen.may_have_offer(client, server) => {
             let xen = xen.clone();
             Accepted::Later(Box::pin(async move {
                 accept_xen(stream, &xen, client, server).await

@@ -18,24 +18,24 @@
 //! written it). The ring header then binds the region to the TCP connection (4-tuple and
 //! nonce), and the verdict travels on that connection, as for the local provider.
 //!
-//! The server never waits for XenStore on behalf of a plain TCP client (invariant I1): it
-//! watches its inbox and looks at an offer only if the watch has announced one for the exact
-//! client address it accepted. An offer is committed before its client sends the SYN, and the
-//! watch event is on its way before the client even learns of the commit.
+//! An offer is committed before its client sends the SYN, so the server finds it when it
+//! accepts. It looks only for connections from other guests of this host (dom0's directory,
+//! which the listener follows, or the configured peers): a client anywhere else gets plain TCP
+//! at once, without a XenStore request (invariant I1). A plain client in another guest costs
+//! one XenStore read before its connection is handed over; it sees nothing of it.
 
 use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use super::directory;
 use super::evtchn::EvtchnPort;
 use super::gntalloc::{Gntalloc, PeerAccess};
 use super::gntdev::{Gntdev, ReadWrite};
-use super::xenstore::{xs_errno, Access, Perm, Tx, Watch, WatchEvent, XenStore};
+use super::xenstore::{xs_errno, Access, Perm, Tx, XenStore};
 use super::{DomId, PAGE_SIZE};
 use crate::config::XwayConfig;
 use crate::ring::layout::{state, Header, Layout, HEADER_LEN, MIN_ORDER, STATE_OFFSET};
@@ -53,9 +53,9 @@ pub(crate) const MAX_XEN_ORDER: u32 = 18;
 /// How long the listener's XenStore requests may take before the connection uses TCP.
 const SERVER_XS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Most offer names a listener remembers from its inbox watch between accepts; beyond that it
-/// forgets them all and reads the inbox node of every accepted co-resident connection instead.
-const MAX_SEEN: usize = 1024;
+/// How often a listener's directory task wakes without events (to end once its listener is
+/// gone, and to re-read the directory in case an event was lost).
+const DIRECTORY_RECHECK: Duration = Duration::from_secs(5);
 
 fn listen_node(home: &str, name: &str) -> String {
     format!("{home}/data/xway/listen/{name}")
@@ -412,23 +412,19 @@ pub(crate) struct XenAdvertisement {
     me: DomId,
     listen: String,
     inbox: String,
-    offers: Mutex<InboxWatch>,
-}
-
-#[derive(Debug)]
-struct InboxWatch {
-    watch: Watch,
-    /// Offer names the watch announced and no accept has looked at yet.
-    seen: HashSet<String>,
-    /// The watch lost events, or its connection died: look at the inbox for every
-    /// co-resident connection instead of trusting `seen`.
-    unreliable: bool,
+    /// The addresses of this host's guests, from dom0's directory, kept current by a task.
+    guests: Arc<Mutex<HashSet<IpAddr>>>,
+    /// Peers the operator configured (they count as guests of this host).
+    config: XwayConfig,
 }
 
 impl XenAdvertisement {
-    /// Advertises a listener bound to `local` in this guest's XenStore home. `Ok(None)` where
-    /// there is no XenStore.
-    pub(crate) async fn bind(local: SocketAddr) -> io::Result<Option<XenAdvertisement>> {
+    /// Advertises a listener about to listen on `local` in this guest's XenStore home.
+    /// `Ok(None)` where there is no XenStore.
+    pub(crate) async fn bind(
+        local: SocketAddr,
+        config: &XwayConfig,
+    ) -> io::Result<Option<XenAdvertisement>> {
         let Some(xs) = open_xenstore() else {
             return Ok(None);
         };
@@ -444,7 +440,8 @@ impl XenAdvertisement {
         xs.mkdir(Tx::NONE, &inbox).await?;
         xs.set_perms(Tx::NONE, &inbox, &[Perm::new(Access::Write, me)])
             .await?;
-        let watch = xs.watch(&inbox).await?;
+        let guests = Arc::new(Mutex::new(HashSet::new()));
+        follow_directory(&xs, &guests).await;
         // The advertisement last: a client that sees it finds the inbox ready.
         xs.write(Tx::NONE, &listen, ADVERTISEMENT).await?;
         xs.set_perms(Tx::NONE, &listen, &[Perm::new(Access::Read, me)])
@@ -454,11 +451,8 @@ impl XenAdvertisement {
             me,
             listen,
             inbox,
-            offers: Mutex::new(InboxWatch {
-                watch,
-                seen: HashSet::new(),
-                unreliable: false,
-            }),
+            guests,
+            config: config.clone(),
         }))
     }
 
@@ -467,35 +461,20 @@ impl XenAdvertisement {
         &self.listen
     }
 
-    /// True if an offer for the connection from `client` may be waiting: the inbox watch has
-    /// announced one (or cannot be trusted to). Never waits.
-    pub(crate) fn may_have_offer(&self, client: SocketAddr) -> bool {
-        let name = addr_name(client);
-        let mut w = self.offers.lock().unwrap_or_else(|e| e.into_inner());
-        let prefix = format!("{}/", self.inbox);
-        let mut cx = Context::from_waker(Waker::noop());
-        loop {
-            match w.watch.poll_event(&mut cx) {
-                Poll::Ready(Ok(WatchEvent::Changed(path))) => {
-                    if let Some(offer) = path.strip_prefix(&prefix) {
-                        if !offer.contains('/') {
-                            w.seen.insert(offer.to_owned());
-                        }
-                    }
-                }
-                Poll::Ready(Ok(WatchEvent::Overflowed)) | Poll::Ready(Err(_)) => {
-                    w.unreliable = true;
-                    w.seen.clear();
-                    break;
-                }
-                Poll::Pending => break,
-            }
+    /// True if the connection from `client` may come with an offer: the client is another
+    /// guest of this host (dom0's directory or the configuration says so). Never waits.
+    ///
+    /// Anyone else (another host, dom0, this guest itself) gets plain TCP at once, without a
+    /// XenStore request. A plain TCP client in another guest of this host costs one XenStore
+    /// read (a round trip to dom0, not to the client) before its connection is handed over:
+    /// an offer is committed before its SYN, but nothing tells the server about it sooner
+    /// than reading it (a watch event may arrive after the SYN).
+    pub(crate) fn may_have_offer(&self, client: SocketAddr, server: SocketAddr) -> bool {
+        let ip = client.ip().to_canonical();
+        if ip == server.ip().to_canonical() {
+            return false;
         }
-        if w.seen.len() > MAX_SEEN {
-            w.seen.clear();
-            w.unreliable = true;
-        }
-        w.seen.remove(&name) || w.unreliable
+        self.config.xen_peer(ip).is_some() || lock(&self.guests).contains(&ip)
     }
 
     /// Reads, authenticates and maps the offer for the accepted connection `client -> server`.
@@ -584,6 +563,58 @@ impl XenAdvertisement {
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves the set consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads dom0's directory into `guests`, then keeps it current from a task that watches it
+/// (the directory changes when a guest starts or stops). The task ends soon after the
+/// advertisement is dropped. Without a directory the set stays empty (configured peers still
+/// count); failures are logged, not errors: they only cost those guests the ring.
+async fn follow_directory(xs: &XenStore, guests: &Arc<Mutex<HashSet<IpAddr>>>) {
+    async fn list(xs: &XenStore) -> HashSet<IpAddr> {
+        match xs.directory(Tx::NONE, directory::DIRECTORY).await {
+            Ok(names) => names
+                .iter()
+                .filter_map(|n| directory::parse_entry_name(n))
+                .collect(),
+            Err(e) => {
+                if !not_found_or_denied(&e) {
+                    tracing::debug!(error = %e, "xway: listing the xen directory failed");
+                }
+                HashSet::new()
+            }
+        }
+    }
+    let mut watch = match xs.watch(directory::DIRECTORY).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::debug!(error = %e, "xway: cannot watch the xen directory; using a snapshot");
+            None
+        }
+    };
+    *lock(guests) = list(xs).await;
+    let Some(mut watch) = watch.take() else {
+        return;
+    };
+    let (xs, guests) = (xs.clone(), Arc::downgrade(guests));
+    tokio::spawn(async move {
+        loop {
+            match watch.next_event(DIRECTORY_RECHECK).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                Err(_) => return, // the connection died; the snapshot stays
+            }
+            let Some(guests) = guests.upgrade() else {
+                return;
+            };
+            let now = list(&xs).await;
+            *lock(&guests) = now;
+        }
+    });
 }
 
 impl Drop for XenAdvertisement {
