@@ -18,6 +18,7 @@
 
 use std::fmt;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -26,8 +27,10 @@ use std::sync::Arc;
 /// # Safety
 ///
 /// Implementors guarantee, for as long as the value is alive:
-/// - `as_ptr()` is non-null, 8-byte aligned, never changes, and is valid for reads and writes of
-///   `len()` bytes (the mapping cannot shrink or move under us, e.g. memfds are sealed);
+/// - `as_ptr()` is non-null, 8-byte aligned, never changes, and is valid for reads of `len()`
+///   bytes and for writes of every one of them outside `read_only()` (the mapping cannot
+///   shrink or move under us, e.g. memfds are sealed);
+/// - `read_only()` never changes and lies within `0..len()`;
 /// - nothing else in this process holds a Rust reference into that memory.
 ///
 /// The memory may be modified concurrently by another process or domain at any time; users of
@@ -37,6 +40,12 @@ pub(crate) unsafe trait SharedMemory: Send + Sync + fmt::Debug {
     fn as_ptr(&self) -> *mut u8;
     /// Length of the shared bytes.
     fn len(&self) -> usize;
+    /// Bytes this side may only read (the peer's data ring, where the provider can map it
+    /// read-only). [`Region`] refuses, with a panic, to write there or to use it for control
+    /// words: only a bug in xway could try, never peer input.
+    fn read_only(&self) -> Range<usize> {
+        0..0
+    }
 }
 
 /// A cheaply clonable handle to a shared region, keeping the mapping alive.
@@ -45,6 +54,7 @@ pub(crate) unsafe trait SharedMemory: Send + Sync + fmt::Debug {
 pub(crate) struct Region {
     base: *mut u8,
     len: usize,
+    read_only: Range<usize>,
     _mem: Arc<dyn SharedMemory>,
 }
 
@@ -62,13 +72,19 @@ impl Region {
     pub(crate) fn new(mem: Arc<dyn SharedMemory>) -> Region {
         let base = mem.as_ptr();
         let len = mem.len();
+        let read_only = mem.read_only();
         assert!(
             !base.is_null() && base as usize % 8 == 0,
             "shared region must be 8-aligned"
         );
+        assert!(
+            read_only.start <= read_only.end && read_only.end <= len,
+            "read-only range {read_only:?} outside region of {len} bytes"
+        );
         Region {
             base,
             len,
+            read_only,
             _mem: mem,
         }
     }
@@ -84,8 +100,10 @@ impl Region {
             "xway bug: control word offset {off} outside region of {} bytes",
             self.len
         );
-        // SAFETY: the offset is in bounds and 4-aligned (base is 8-aligned), the memory is valid
-        // for the lifetime of `self` (SharedMemory contract), and it is only ever accessed
+        self.check_writable(off, 4);
+        // SAFETY: the offset is in bounds, 4-aligned (base is 8-aligned) and outside the
+        // read-only range (checked above), the memory is valid for reads and writes for the
+        // lifetime of `self` (SharedMemory contract), and it is only ever accessed
         // atomically by this process, so viewing it as an AtomicU32 is sound. The peer's
         // concurrent writes are the cross-process equivalent of another thread's atomic stores.
         unsafe { std::sync::atomic::AtomicU32::from_ptr(self.base.add(off).cast::<u32>()) }
@@ -99,12 +117,21 @@ impl Region {
         );
     }
 
+    fn check_writable(&self, off: usize, n: usize) {
+        let Range { start, end } = self.read_only;
+        assert!(
+            n == 0 || off + n <= start || off >= end,
+            "xway bug: write of {off}+{n} into the read-only range {start}..{end}"
+        );
+    }
+
     /// Copies `src` into the region at `off`.
     pub(crate) fn write_bytes(&self, off: usize, src: &[u8]) {
         self.check_range(off, src.len());
-        // SAFETY: the destination range is in bounds (checked above) and valid for writes
-        // (SharedMemory contract); `src` is private memory, so the two cannot overlap. No
-        // reference into the region is created.
+        self.check_writable(off, src.len());
+        // SAFETY: the destination range is in bounds and outside the read-only range (checked
+        // above), so valid for writes (SharedMemory contract); `src` is private memory, so the
+        // two cannot overlap. No reference into the region is created.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(off), src.len()) }
     }
 
@@ -162,13 +189,21 @@ impl fmt::Debug for Region {
 #[derive(Debug)]
 pub(crate) struct HeapMemory {
     words: Box<[u64]>,
+    read_only: Range<usize>,
 }
 
 #[cfg(any(test, fuzzing))]
 impl HeapMemory {
     pub(crate) fn new(len: usize) -> Arc<HeapMemory> {
+        HeapMemory::with_read_only(len, 0..0)
+    }
+
+    /// A heap region that declares `read_only` as such (the heap stays writable: this tests
+    /// that [`Region`] never writes there).
+    pub(crate) fn with_read_only(len: usize, read_only: Range<usize>) -> Arc<HeapMemory> {
         Arc::new(HeapMemory {
             words: vec![0u64; len.div_ceil(8)].into_boxed_slice(),
+            read_only,
         })
     }
 }
@@ -183,6 +218,9 @@ unsafe impl SharedMemory for HeapMemory {
     }
     fn len(&self) -> usize {
         self.words.len() * 8
+    }
+    fn read_only(&self) -> Range<usize> {
+        self.read_only.clone()
     }
 }
 

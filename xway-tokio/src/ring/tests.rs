@@ -355,3 +355,59 @@ fn heap_memory_is_aligned_and_sized() {
     assert_eq!(m.as_ptr() as usize % 8, 0);
     let _ = Region::new(Arc::clone(&m) as Arc<dyn SharedMemory>);
 }
+
+/// The server's view of a region whose client data ring is mapped read-only (as the xen
+/// provider maps it): the same memory as the client's view, with that range declared.
+#[derive(Debug)]
+struct ServerView(Arc<HeapMemory>, std::ops::Range<usize>);
+
+// SAFETY: forwards to a live HeapMemory (which satisfies the contract); the read-only range lies
+// within it, and the memory stays writable there, so declaring it read-only only narrows what
+// `Region` may do.
+unsafe impl SharedMemory for ServerView {
+    fn as_ptr(&self) -> *mut u8 {
+        self.0.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn read_only(&self) -> std::ops::Range<usize> {
+        self.1.clone()
+    }
+}
+
+#[test]
+fn a_server_never_writes_into_the_clients_data_ring() {
+    let layout = Layout::symmetric(12).unwrap();
+    let mem = HeapMemory::new(layout.region_len());
+    let c2s = layout.c2s_data()..layout.s2c_data();
+    let client = Region::new(mem.clone());
+    let server = Region::new(Arc::new(ServerView(mem, c2s)));
+    let (mut ctx, mut crx) = endpoints(client, layout, Role::Client);
+    let (mut stx, mut srx) = endpoints(server, layout, Role::Server);
+    let chunk: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    for _ in 0..10 {
+        assert_eq!(ctx.write(&[&chunk]).unwrap().bytes, 3000);
+        let mut peeked = [0u8; 16];
+        srx.peek(&mut peeked).unwrap();
+        assert_eq!(read_all(&mut srx), chunk);
+        assert_eq!(stx.write(&[&chunk]).unwrap().bytes, 3000);
+        assert_eq!(read_all(&mut crx), chunk);
+    }
+    assert!(stx.close() && srx.close());
+    assert!(ctx.close() && crx.close());
+}
+
+#[test]
+#[should_panic(expected = "read-only range")]
+fn writing_into_a_read_only_range_is_refused() {
+    let region = Region::new(HeapMemory::with_read_only(8192, 4096..8192));
+    region.write_bytes(4096 - 2, &[1, 2, 3]);
+}
+
+#[test]
+#[should_panic(expected = "read-only range")]
+fn control_words_in_a_read_only_range_are_refused() {
+    let region = Region::new(HeapMemory::with_read_only(8192, 4096..8192));
+    region.load(4096, std::sync::atomic::Ordering::Relaxed);
+}

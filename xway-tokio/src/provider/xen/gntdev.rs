@@ -23,7 +23,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use super::sys::{self, Device, PageMapping};
-use super::{DomId, UnmapNotify, MAX_GRANT_PAGES};
+use super::{DomId, UnmapNotify, MAX_GRANT_PAGES, PAGE_SIZE};
 use crate::ring::SharedMemory;
 
 /// The protection of a [`GrantMapping`], as a type.
@@ -87,16 +87,7 @@ impl Gntdev {
         refs: &[u32],
         max_pages: usize,
     ) -> io::Result<GrantMapping<A>> {
-        let bound = max_pages.min(MAX_GRANT_PAGES);
-        if refs.is_empty() || refs.len() > bound {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "xway: offer asks to map {} pages; the bound is 1..={bound}",
-                    refs.len()
-                ),
-            ));
-        }
+        check_page_count(refs.len(), max_pages)?;
         let fd = self.fd.as_fd();
         let index = sys::gntdev_map(fd, peer.get(), refs).map_err(|e| {
             io::Error::new(
@@ -125,6 +116,113 @@ impl Gntdev {
             grants,
             _access: PhantomData,
         })
+    }
+}
+
+impl Gntdev {
+    /// Maps `refs` granted by domain `peer` contiguously and in order, like [`Gntdev::map`],
+    /// but the pages `read_only` (page indexes) read-only and the others read-write: for a ring
+    /// region, the peer's data ring read-only and the rest writable. Each part is its own grant
+    /// mapping (one `mmap` of gntdev has a single protection), placed in one reserved range.
+    ///
+    /// # Errors
+    ///
+    /// As [`Gntdev::map`]; `InvalidInput` if `read_only` is not within `refs`.
+    pub(crate) fn map_with_read_only(
+        &self,
+        peer: DomId,
+        refs: &[u32],
+        read_only: std::ops::Range<usize>,
+        max_pages: usize,
+    ) -> io::Result<PartlyReadOnly> {
+        check_page_count(refs.len(), max_pages)?;
+        if read_only.start > read_only.end || read_only.end > refs.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "xway: read-only pages {read_only:?} outside {} pages",
+                    refs.len()
+                ),
+            ));
+        }
+        let map = PageMapping::reserve(refs.len())?;
+        let pieces = [
+            (0..read_only.start, true),
+            (read_only.clone(), false),
+            (read_only.end..refs.len(), true),
+        ];
+        let mut grants = Vec::with_capacity(3);
+        for (pages, writable) in pieces.into_iter().filter(|(p, _)| !p.is_empty()) {
+            let fd = self.fd.as_fd();
+            let index = sys::gntdev_map(fd, peer.get(), &refs[pages.clone()]).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "xway: registering {} grants of domain {peer}: {e}",
+                        pages.len()
+                    ),
+                )
+            })?;
+            // Owned from here: released if mapping fails (after `map` unmaps what it holds).
+            grants.push(Grants {
+                dev: self.clone(),
+                index,
+                pages: pages.len(),
+                peer,
+            });
+            map.map_fixed(pages.start, fd, index, pages.len(), writable)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("xway: mapping {} grants of domain {peer}: {e}", pages.len()),
+                    )
+                })?;
+        }
+        Ok(PartlyReadOnly {
+            map,
+            _grants: grants,
+            read_only: read_only.start * PAGE_SIZE..read_only.end * PAGE_SIZE,
+        })
+    }
+}
+
+/// Refuses an offer of `n` pages outside `1..=max_pages` (and [`MAX_GRANT_PAGES`]) before the
+/// kernel sees it (I2).
+fn check_page_count(n: usize, max_pages: usize) -> io::Result<()> {
+    let bound = max_pages.min(MAX_GRANT_PAGES);
+    if n == 0 || n > bound {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("xway: offer asks to map {n} pages; the bound is 1..={bound}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Another domain's pages mapped in one range, part of it read-only
+/// ([`Gntdev::map_with_read_only`]).
+#[derive(Debug)]
+pub(crate) struct PartlyReadOnly {
+    // Fields drop in declaration order: the whole range is unmapped before the refs go.
+    map: PageMapping,
+    _grants: Vec<Grants>,
+    read_only: std::ops::Range<usize>,
+}
+
+// SAFETY: `map` is one page-aligned, non-null range of shared grant mappings: read-write
+// everywhere except `read_only` (mapped PROT_READ, and declared so), which lies within it.
+// Nothing is left unmapped (the pieces cover every page of the reservation). It never moves or
+// shrinks while `self` lives, and Xen keeps a mapped grant's page alive even if the granting
+// domain revokes it or dies. No references into it are created here.
+unsafe impl SharedMemory for PartlyReadOnly {
+    fn as_ptr(&self) -> *mut u8 {
+        self.map.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn read_only(&self) -> std::ops::Range<usize> {
+        self.read_only.clone()
     }
 }
 

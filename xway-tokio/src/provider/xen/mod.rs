@@ -40,12 +40,13 @@
 //!
 //! # Read-only mappings and the ring
 //!
-//! The ring core's [`Region`](crate::ring::Region) is one contiguous read-write mapping: the
-//! consumer writes its index into the control page, and each side produces into its own data
-//! ring. A mapping of the peer's producer pages could be read-only
-//! ([`gntdev::ReadOnly`]), but only as a separate mapping, since one `mmap` of gntdev has a
-//! single protection. So today the server maps the whole region read-write, and read-only
-//! mappings exist for a later split `Region` (control page + own ring RW, peer ring RO).
+//! The server maps the client's region with the client's data ring read-only
+//! ([`gntdev::Gntdev::map_with_read_only`]): the control page (where it writes its consumer
+//! index) and its own data ring are read-write, the ring it only reads is not. One `mmap` of
+//! gntdev has a single protection, so the three parts are three grant mappings placed in one
+//! reserved range, and [`Region`](crate::ring::Region) refuses (panics on) any write or
+//! control-word access there, a bug of ours rather than peer input. The client's own pages
+//! (gntalloc) are its memory and stay read-write.
 //!
 //! Nothing here panics on a machine without Xen: every device open fails with the device's
 //! own error kind (`NotFound` without Xen) and a message naming the device and the likely

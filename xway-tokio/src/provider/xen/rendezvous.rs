@@ -34,7 +34,7 @@ use std::time::Duration;
 use super::directory;
 use super::evtchn::EvtchnPort;
 use super::gntalloc::{Gntalloc, PeerAccess};
-use super::gntdev::{Gntdev, ReadWrite};
+use super::gntdev::Gntdev;
 use super::xenstore::{xs_errno, Access, Perm, Tx, XenStore};
 use super::{DomId, PAGE_SIZE};
 use crate::config::XwayConfig;
@@ -499,7 +499,12 @@ impl XenAdvertisement {
             Err(error) => return Opened::Unusable(FallbackReason::InvalidOffer { error }),
         };
         let pages = offer.refs.len();
-        let map = match Gntdev::open().and_then(|g| g.map::<ReadWrite>(owner, &offer.refs, pages)) {
+        // The client's data ring is read-only here: we only ever read it (I2, defence in
+        // depth: a bug of ours cannot scribble on what the client sends).
+        let client_ring = offer.layout.c2s_data() / PAGE_SIZE..offer.layout.s2c_data() / PAGE_SIZE;
+        let map = match Gntdev::open()
+            .and_then(|g| g.map_with_read_only(owner, &offer.refs, client_ring, pages))
+        {
             Ok(m) => m,
             Err(e) => return Opened::Unusable(setup_failed("mapping the offered grants", e)),
         };

@@ -431,6 +431,78 @@ impl PageMapping {
         Ok(PageMapping { ptr, len })
     }
 
+    /// Reserves `pages` pages of address space, inaccessible until [`PageMapping::map_fixed`]
+    /// puts a device mapping over a part of it: pieces mapped separately (with different
+    /// protections) then form one contiguous range.
+    pub(crate) fn reserve(pages: usize) -> io::Result<PageMapping> {
+        check_count(pages)?;
+        require_xen_pages()?;
+        let len = pages * PAGE_SIZE;
+        // SAFETY: a fresh anonymous mapping placed by the kernel (addr NULL) cannot alias
+        // existing memory; PROT_NONE makes any stray access fault instead of reading zeroes.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        Ok(PageMapping { ptr, len })
+    }
+
+    /// Maps `pages` pages at file offset `offset` of `fd` over pages `at..at + pages` of this
+    /// mapping (shared, read-only or read-write), replacing what was there.
+    pub(crate) fn map_fixed(
+        &self,
+        at: usize,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        pages: usize,
+        writable: bool,
+    ) -> io::Result<()> {
+        check_count(pages)?;
+        if at
+            .checked_add(pages)
+            .is_none_or(|end| end * PAGE_SIZE > self.len)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("pages {at}+{pages} outside a mapping of {} bytes", self.len),
+            ));
+        }
+        let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: the target range lies within this mapping (checked above), which this value
+        // owns: MAP_FIXED can only replace our own pages. The caller builds the mapping before
+        // anything reads or writes it (no Rust reference into it exists in any case).
+        let ptr = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().add(at * PAGE_SIZE).cast::<c_void>(),
+                pages * PAGE_SIZE,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Start of the mapping (page-aligned).
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
