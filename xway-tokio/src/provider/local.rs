@@ -22,7 +22,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::Doorbell;
 use crate::config::UidPolicy;
-use crate::ring::layout::{canonical, Header, Layout, HEADER_LEN, STATE_OFFSET};
+use crate::ring::layout::{canonical, Header, Layout, CONTROL_LEN, HEADER_LEN, STATE_OFFSET};
 use crate::ring::{layout::state, Region};
 use crate::setup::wire::{Offer, OFFER_LEN};
 use crate::sys;
@@ -401,9 +401,21 @@ impl ClientRing {
     /// Creates the region for `header`, writes the header and the `OFFERED` state, and
     /// registers the client's doorbell (before anything is offered, so that accepting can no
     /// longer fail on this side).
+    ///
+    /// Takes a spare ring from this process's pool when one of the right layout is there (see
+    /// [`prepare_spare_ring`]); creates one otherwise.
     pub(crate) fn create(header: &Header) -> io::Result<ClientRing> {
+        let spare = match take_spare(header.layout) {
+            Some(spare) => spare,
+            None => Spare::create(header.layout, false)?,
+        };
+        let Spare {
+            memfd,
+            client_bell,
+            server_bell,
+            ..
+        } = spare;
         let len = header.layout.region_len();
-        let memfd = sys::memfd_sealed(len)?;
         let region = Region::new(Arc::new(sys::Mapping::map_sealed(memfd.as_fd(), len)?));
         region.write_bytes(0, &header.encode());
         region.store(
@@ -411,7 +423,6 @@ impl ClientRing {
             state::OFFERED,
             std::sync::atomic::Ordering::Release,
         );
-        let (client_bell, server_bell) = sys::doorbell_pair()?;
         let doorbell = SocketDoorbell::new(client_bell)?;
         Ok(ClientRing {
             region,
@@ -430,6 +441,7 @@ impl ClientRing {
         if n != bytes.len() {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "offer truncated"));
         }
+        close_later(rendezvous);
         Ok(())
     }
 
@@ -437,6 +449,141 @@ impl ClientRing {
     /// end are closed (the mapping keeps the memory, the server holds its end).
     pub(crate) fn into_doorbell(self) -> SocketDoorbell {
         self.doorbell
+    }
+}
+
+// ---- spare rings -----------------------------------------------------------------------------
+
+/// Most spare rings a process keeps. Each holds three descriptors (the memfd and both doorbell
+/// ends) and 12 KiB of memory (the three pages the first exchange touches).
+const MAX_SPARES: usize = 4;
+
+/// A ring that no other process has ever seen: a sealed memfd whose first pages are already
+/// allocated, and a fresh doorbell pair.
+///
+/// A spare is used for one offer only: once its memfd has been sent, the listener keeps it
+/// mapped, so it is never pooled again. It holds no mapping: the connection maps it when it
+/// takes it, so an unused spare is three descriptors and 12 KiB.
+#[derive(Debug)]
+struct Spare {
+    layout: Layout,
+    memfd: OwnedFd,
+    client_bell: OwnedFd,
+    server_bell: OwnedFd,
+}
+
+impl Spare {
+    fn create(layout: Layout, preallocate: bool) -> io::Result<Spare> {
+        let memfd = sys::memfd_sealed(layout.region_len())?;
+        if preallocate {
+            // Allocating (and zeroing) a page of shared memory at its first touch costs
+            // microseconds; the first exchange touches the control page and the first page of
+            // each ring, on both sides. Allocated here, those touches are minor faults.
+            sys::memfd_allocate(memfd.as_fd(), 0, CONTROL_LEN + PAGE)?;
+            sys::memfd_allocate(memfd.as_fd(), layout.s2c_data(), PAGE)?;
+        }
+        let (client_bell, server_bell) = sys::doorbell_pair()?;
+        Ok(Spare {
+            layout,
+            memfd,
+            client_bell,
+            server_bell,
+        })
+    }
+}
+
+/// The page size the preallocation assumes (a larger one only allocates more at once).
+const PAGE: usize = 4096;
+
+/// This process's spare rings, and how many it used since the last refill.
+#[derive(Debug, Default)]
+struct Spares {
+    /// The process that created the spares: a forked child must not offer its parent's memfds
+    /// (both would write one ring), so it throws them away.
+    pid: u32,
+    rings: Vec<Spare>,
+    /// Rings asked for (taken or missed) and not replaced yet, at most [`MAX_SPARES`].
+    wanted: usize,
+    /// The layout last asked for: what refills create.
+    layout: Option<Layout>,
+}
+
+static SPARES: Mutex<Spares> = Mutex::new(Spares {
+    pid: 0,
+    rings: Vec::new(),
+    wanted: 0,
+    layout: None,
+});
+
+fn spares() -> std::sync::MutexGuard<'static, Spares> {
+    let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    if spares.pid != pid {
+        spares.rings.clear();
+        spares.wanted = 0;
+        spares.pid = pid;
+    }
+    spares
+}
+
+/// Rendezvous sockets whose offer may still be queued, closed at the next refill.
+///
+/// Closing a Unix socket while descriptors of Unix sockets are in flight (our offer carries the
+/// server's doorbell end) runs the kernel's descriptor garbage collector: about 10 us, on the
+/// connect's critical path. Once the listener has received the offer, closing is cheap; by the
+/// next connect, it has.
+static CLOSE_LATER: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+/// Most rendezvous sockets waiting in [`CLOSE_LATER`]; beyond, the oldest is closed at once.
+const MAX_CLOSE_LATER: usize = 16;
+
+fn close_later(fd: OwnedFd) {
+    let mut later = CLOSE_LATER.lock().unwrap_or_else(|e| e.into_inner());
+    if later.len() >= MAX_CLOSE_LATER {
+        later.remove(0);
+    }
+    later.push(fd);
+}
+
+/// Takes a spare ring of `layout`, and records the demand either way.
+fn take_spare(layout: Layout) -> Option<Spare> {
+    let mut spares = spares();
+    spares.wanted = (spares.wanted + 1).min(MAX_SPARES);
+    spares.layout = Some(layout);
+    let i = spares.rings.iter().position(|s| s.layout == layout)?;
+    Some(spares.rings.swap_remove(i))
+}
+
+/// Creates at most one spare ring, if this process used one since the last refill.
+///
+/// A client calls this while it waits for the listener's verdict, so the next connection's
+/// memfd, mapping, page faults and doorbell pair cost nothing on its critical path. A process
+/// that never offers a local ring never creates one; one that stops connecting keeps at most
+/// [`MAX_SPARES`].
+pub(crate) fn prepare_spare_ring() {
+    let closing = std::mem::take(&mut *CLOSE_LATER.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(closing);
+    let layout = {
+        let mut spares = spares();
+        match spares.layout {
+            Some(layout) if spares.wanted > 0 => {
+                spares.wanted -= 1;
+                layout
+            }
+            _ => return,
+        }
+    };
+    // Created outside the lock: other connects go on meanwhile.
+    match Spare::create(layout, true) {
+        Ok(spare) => {
+            let mut spares = spares();
+            if spares.rings.len() >= MAX_SPARES {
+                spares.rings.remove(0);
+            }
+            spares.rings.push(spare);
+        }
+        // Out of descriptors or memory: the next connect creates its ring itself, and fails
+        // over to TCP there if it must.
+        Err(e) => tracing::debug!(error = %e, "xway: creating a spare ring failed"),
     }
 }
 

@@ -328,6 +328,9 @@ async fn await_verdict(
     nonce: &[u8; 16],
     timeout: Duration,
 ) -> io::Result<Option<FallbackReason>> {
+    if let Some(decided) = verdict_without_sleeping(tcp, region, nonce) {
+        return decided;
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut limit = deadline;
     let mut claimed = false;
@@ -342,12 +345,7 @@ async fn await_verdict(
             Ok(Ok(n)) => match classify(&buf[..n], nonce) {
                 Peeked::Verdict(verdict) => {
                     tcp.read_exact(&mut buf).await?;
-                    return Ok(match verdict {
-                        Verdict::Accept => None,
-                        Verdict::Decline(reason) => Some(FallbackReason::Declined {
-                            reason: reason.to_string(),
-                        }),
-                    });
+                    return Ok(transport_for(verdict));
                 }
                 Peeked::Partial => {
                     // A verdict arrives in one segment; a split one is rare enough to poll.
@@ -389,6 +387,127 @@ async fn await_verdict(
                 ))
             }
         }
+    }
+}
+
+/// What a verdict means for the client: `None`, the ring; `Some(reason)`, TCP.
+fn transport_for(verdict: Verdict) -> Option<FallbackReason> {
+    match verdict {
+        Verdict::Accept => None,
+        Verdict::Decline(reason) => Some(FallbackReason::Declined {
+            reason: reason.to_string(),
+        }),
+    }
+}
+
+/// Longest a client spins for the server's claim: one cross-CPU wake-up of an idle listener
+/// (20-40 us on small VMs) plus its validation of the offer, with room to spare.
+const CLAIM_SPIN_MAX: Duration = Duration::from_micros(100);
+/// How long a client spinning for its claim now gets (nanoseconds); shared by the process.
+static CLAIM_SPIN_NS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(CLAIM_SPIN_MAX.as_nanos() as u64);
+/// Connects that skipped spinning since its budget decayed to zero.
+static CLAIM_SPIN_SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// How long a client polls the TCP connection for a verdict it knows is on its way.
+const VERDICT_POLL: Duration = Duration::from_micros(50);
+
+/// The fast path of [`await_verdict`]: `None` if the verdict is not decided after a short,
+/// bounded spin, and the caller waits for it as usual.
+///
+/// Waiting for the verdict the usual way costs a sleep and a cross-process wake-up. But a
+/// listener that is accepting decides within one wake-up of its own, and it writes the verdict
+/// right after its compare-and-swap on the setup state. So the client
+/// 1. says it is running (its activity word), so that the server's first read spins instead of
+///    sleeping when the client's first bytes are about to come;
+/// 2. creates the next connection's spare ring meanwhile (the local provider's pool);
+/// 3. yield-spins on the setup state until it leaves `OFFERED` (see [`spin_for_claim`]);
+/// 4. then reads the verdict from the TCP connection without going through the reactor. The
+///    verdict is still what decides (it authenticates the server, invariant I3); the state
+///    word only says when to look.
+fn verdict_without_sleeping(
+    tcp: &TcpStream,
+    region: &Region,
+    nonce: &[u8; 16],
+) -> Option<io::Result<Option<FallbackReason>>> {
+    let activity = Activity::new(region.clone(), Role::Client);
+    activity.publish(true, crate::sys::current_cpu());
+    local::prepare_spare_ring();
+    let decided = spin_for_claim(region)
+        .then(|| read_verdict_now(tcp, nonce))
+        .flatten();
+    if decided.is_none() {
+        // The slow path sleeps: keep the hint honest.
+        activity.publish(false, crate::sys::current_cpu());
+    }
+    decided
+}
+
+/// Yield-spins until the setup state leaves `OFFERED`; true if it did.
+///
+/// Bounded by a process-wide budget that adapts like the ring's spinner: a spin that sees the
+/// claim restores [`CLAIM_SPIN_MAX`], one that runs out divides the budget by four, and once it
+/// is below 5 us only one connect in 32 probes. A listener that is slow to accept (or that runs
+/// on this very thread) thus soon costs no spinning at all. Each round yields the CPU, so a
+/// listener that needs this CPU to accept gets it at once.
+fn spin_for_claim(region: &Region) -> bool {
+    use std::sync::atomic::Ordering;
+    let max = CLAIM_SPIN_MAX.as_nanos() as u64;
+    let mut budget = CLAIM_SPIN_NS.load(Ordering::Relaxed);
+    if budget == 0 {
+        if CLAIM_SPIN_SKIPPED.fetch_add(1, Ordering::Relaxed) % 32 != 31 {
+            return false;
+        }
+        budget = max / 2;
+    }
+    let start = Instant::now();
+    loop {
+        if region.load(STATE_OFFSET, Ordering::Acquire) != state::OFFERED {
+            CLAIM_SPIN_NS.store(max, Ordering::Relaxed);
+            return true;
+        }
+        if start.elapsed().as_nanos() as u64 >= budget {
+            let next = budget / 4;
+            CLAIM_SPIN_NS.store(if next < 5_000 { 0 } else { next }, Ordering::Relaxed);
+            return false;
+        }
+        crate::sys::yield_cpu();
+    }
+}
+
+/// Reads a verdict the server has decided (its compare-and-swap is done) straight from the
+/// socket, polling for at most [`VERDICT_POLL`]. `None`: not there (or not a verdict); the
+/// caller's slow path looks again and handles every case.
+fn read_verdict_now(
+    tcp: &TcpStream,
+    nonce: &[u8; 16],
+) -> Option<io::Result<Option<FallbackReason>>> {
+    let sock = socket2::SockRef::from(tcp);
+    let start = Instant::now();
+    let mut buf = [0u8; VERDICT_LEN];
+    loop {
+        match sock.peek(crate::ring::as_uninit(&mut buf)) {
+            Ok(n) if n > 0 => match classify(&buf[..n], nonce) {
+                Peeked::Verdict(verdict) => {
+                    // The peek saw all of it and this is the only reader: one receive takes it.
+                    return Some(match sock.recv(crate::ring::as_uninit(&mut buf)) {
+                        Ok(VERDICT_LEN) => Ok(transport_for(verdict)),
+                        Ok(_) => Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "xway: verdict shorter than it was",
+                        )),
+                        Err(e) => Err(e),
+                    });
+                }
+                Peeked::Partial => {}
+                Peeked::NotAVerdict => return None,
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            _ => return None,
+        }
+        if start.elapsed() >= VERDICT_POLL {
+            return None;
+        }
+        crate::sys::yield_cpu();
     }
 }
 
