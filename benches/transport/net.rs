@@ -69,6 +69,13 @@ impl Kind {
         if let Some(t) = rendezvous {
             b = b.rendezvous_timeout(t);
         }
+        // Ring size experiments (the client's size is used for both ends).
+        if let Some(n) = std::env::var("XWAY_BENCH_RING_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            b = b.ring_size(n);
+        }
         b.build()
     }
 }

@@ -83,6 +83,8 @@ pub(crate) struct RingIo {
     peer_dead: AtomicBool,
     failure: Mutex<Option<Failure>>,
     activity: Activity,
+    /// What this side's activity word says last: running (true) or waiting on the doorbell.
+    running: AtomicBool,
     spinner: Spinner,
     counters: Counters,
 }
@@ -145,6 +147,7 @@ impl RingIo {
             peer_dead: AtomicBool::new(false),
             failure: Mutex::new(None),
             activity,
+            running: AtomicBool::new(false),
             spinner: Spinner::new(max_spin),
             counters: Counters::default(),
         }
@@ -287,9 +290,23 @@ impl RingIo {
         let polled = self.poll_wake_sources();
         if polled.is_pending() {
             self.counters.sleeps.fetch_add(1, Ordering::Relaxed);
+            self.running.store(false, Ordering::Relaxed);
             self.activity.publish(false, sys::current_cpu());
         }
         polled
+    }
+
+    /// Tells the peer this side is running again after it made progress (moved bytes).
+    ///
+    /// A side that streams data never waits, so without this its activity word would still say
+    /// "waiting" from its last sleep, and the peer, finding the ring empty or full for a moment,
+    /// would sleep at once instead of spinning: a doorbell and a wake-up for every few messages
+    /// of a bulk transfer. Written only on the change, so a busy stream does not keep writing
+    /// the shared cache line.
+    fn note_running(&self) {
+        if !self.running.load(Ordering::Relaxed) && !self.running.swap(true, Ordering::Relaxed) {
+            self.activity.publish(true, sys::current_cpu());
+        }
     }
 
     fn would_not_block(&self, dir: Dir) -> bool {
@@ -333,20 +350,50 @@ impl RingIo {
     }
 
     /// One non-blocking read attempt; `WouldBlock` if the ring is empty and the peer alive.
+    ///
+    /// A large read is copied out in pieces of [`PIECE`] bytes, each consumed (and the writer
+    /// woken, if it asked) before the next is copied: the writer refills behind us instead of
+    /// waiting for the whole copy.
     fn read_now(&self, buf: &mut ReadBuf<'_>) -> io::Result<()> {
         self.check_failed()?;
-        // SAFETY: the ring only writes initialised bytes into the slice, and `assume_init` below
-        // covers exactly the bytes it reported as written.
-        let dst: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
-        let outcome = lock(&self.rx).read_uninit(dst);
-        match outcome {
-            Ok(Read::Data { bytes, wake_peer }) => {
-                // SAFETY: `read_uninit` initialised the first `bytes` bytes of the unfilled part.
-                unsafe { buf.assume_init(bytes) };
-                buf.advance(bytes);
-                if wake_peer {
-                    self.ring_peer();
+        let mut rx = lock(&self.rx);
+        let mut got = 0;
+        let outcome = loop {
+            // SAFETY: the ring only writes initialised bytes into the slice, and `assume_init`
+            // below covers exactly the bytes it reported as written.
+            let dst: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
+            let piece = dst.len().min(PIECE);
+            match rx.read_uninit(&mut dst[..piece]) {
+                Ok(Read::Data { bytes, wake_peer }) => {
+                    // SAFETY: `read_uninit` initialised the first `bytes` bytes of the slice.
+                    unsafe { buf.assume_init(bytes) };
+                    buf.advance(bytes);
+                    got += bytes;
+                    if wake_peer {
+                        self.ring_peer();
+                    }
+                    if bytes < piece || buf.remaining() == 0 {
+                        break Ok(Read::Data {
+                            bytes: got,
+                            wake_peer: false,
+                        });
+                    }
                 }
+                // What follows the bytes read (end, abort, a broken index) is seen again, and
+                // reported, by the next call.
+                _ if got > 0 => {
+                    break Ok(Read::Data {
+                        bytes: got,
+                        wake_peer: false,
+                    })
+                }
+                other => break other,
+            }
+        };
+        drop(rx);
+        match outcome {
+            Ok(Read::Data { .. }) => {
+                self.note_running();
                 Ok(())
             }
             Ok(Read::Closed) => Ok(()),
@@ -453,21 +500,51 @@ impl RingIo {
         None
     }
 
+    /// One non-blocking write attempt; `WouldBlock` if the ring is full.
+    ///
+    /// A large single buffer is published in pieces of [`PIECE`] bytes (and the reader woken, if
+    /// it asked, after the first): the reader copies out behind us instead of waiting for the
+    /// whole copy. Vectored writes are gathered into one publish.
     fn write_now(&self, bufs: &[&[u8]]) -> io::Result<usize> {
         self.check_failed()?;
         let mut tx = lock(&self.tx);
         if let Some(e) = self.write_blocker(&tx) {
             return Err(e);
         }
-        let written = tx.write(bufs);
-        drop(tx);
-        match written {
-            Ok(w) if w.bytes == 0 => Err(io::ErrorKind::WouldBlock.into()),
-            Ok(w) => {
+        let written = match bufs {
+            [one] if one.len() > PIECE => {
+                let mut total = 0;
+                loop {
+                    let piece = &one[total..one.len().min(total + PIECE)];
+                    match tx.write(&[piece]) {
+                        Ok(w) => {
+                            total += w.bytes;
+                            if w.wake_peer {
+                                self.ring_peer();
+                            }
+                            if w.bytes < piece.len() || total == one.len() {
+                                break Ok(total);
+                            }
+                        }
+                        // Report the bytes published; the next call meets the error again.
+                        Err(_) if total > 0 => break Ok(total),
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+            _ => tx.write(bufs).map(|w| {
                 if w.wake_peer {
                     self.ring_peer();
                 }
-                Ok(w.bytes)
+                w.bytes
+            }),
+        };
+        drop(tx);
+        match written {
+            Ok(0) => Err(io::ErrorKind::WouldBlock.into()),
+            Ok(bytes) => {
+                self.note_running();
+                Ok(bytes)
             }
             Err(e) => Err(self.fail_ring(e)),
         }
@@ -590,6 +667,11 @@ struct Spinner {
     epoch: Instant,
     rung_at_ns: AtomicU64,
 }
+
+/// The most a read or write copies before it publishes its progress to the peer: small enough
+/// that the two sides of a large transfer copy at the same time, large enough that publishing
+/// (a few atomics) costs nothing next to the copy.
+const PIECE: usize = 64 << 10;
 
 /// How many times a waiting side hands its CPU to a peer it just rang on the same CPU.
 const SAME_CPU_YIELDS: usize = 8;
