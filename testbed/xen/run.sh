@@ -129,6 +129,7 @@ stage guest-initramfs "$K_INITRAMFS" 40-guest-initramfs.sh
   echo "XEN_SELFTEST=${XWAY_TESTBED_XEN_SELFTEST:-1}"
   echo "BENCH_BYTES=${XWAY_TESTBED_BENCH_BYTES:-2097152}"
   echo "RTT_ITERS=${XWAY_TESTBED_RTT_ITERS:-200}"
+  echo "BOOT_TIMEOUT=$BOOT_TIMEOUT"
 } > "$B/settings.env.new"
 cmp -s "$B/settings.env.new" "$B/settings.env" && rm "$B/settings.env.new" || mv "$B/settings.env.new" "$B/settings.env"
 K_PAYLOAD=$(key "$K_INITRAMFS" "$K_XWAY" "$TB/stages/50-payload.sh" "$TB/dom0/driver.sh" "$B/settings.env")

@@ -73,13 +73,28 @@ client:xen-selftest-killed:offer client:xen-selftest-killed:receive client:xen-s
 client:xen-selftest-killed:peer-exit server:xen-selftest-killed:peer-domid server:xen-selftest-killed:holder-killed
 "
 
+# What every process is waiting for, and the kernel's blocked tasks with their stacks (sysrq w, to
+# the console): for a hang (a stuck xl, a wedged xenstored, a process in D state).
+diagnose_hang() {
+  ts "diagnosis: processes (pid stat wchan comm), xenstored answering?, blocked tasks"
+  ps -eo pid,stat,wchan:32,comm 2>/dev/null | grep -vE ' (kworker|ksoftirq|migration|rcu_|cpuhp|idle_inject)' | tail -n 60
+  timeout 5 xenstore-read /local/domain/0/name >/dev/null 2>&1 && ts "xenstored answers" || ts "xenstored does NOT answer"
+  for p in $(ps -eo pid,stat | awk '$2 ~ /^D/ {print $1}'); do
+    echo "---- D-state pid $p ($(cat /proc/$p/comm 2>/dev/null)): $(tr '\0' ' ' < /proc/$p/cmdline 2>/dev/null)"
+    cat /proc/$p/stack 2>/dev/null
+  done
+  echo w > /proc/sysrq-trigger 2>/dev/null
+  sleep 1
+}
+
 finish() {
   local verdict=$1
   ts "collecting logs"
-  xl list > "$RES/xl-list.txt" 2>&1
-  xl dmesg > "$RES/xen-dmesg.log" 2>&1
+  timeout 10 xl list > "$RES/xl-list.txt" 2>&1
+  timeout 10 xl dmesg > "$RES/xen-dmesg.log" 2>&1
   dmesg > "$RES/dom0-dmesg.log" 2>&1
   cp /var/log/xen/xl-*.log "$RES/" 2>/dev/null
+  for n in a b; do tr -d '\r' < $CON/guest-xway-$n.log > "$RES/guest-xway-$n.log" 2>/dev/null; done
   echo "LAB-RESULT: $verdict" > "$RES/verdict"
   # Results disk: a plain tar on the raw device; run.sh extracts it after QEMU stops.
   tar -C /var/log -cf /dev/vdc xway xen 2>/dev/null || ts "writing results disk failed"
@@ -89,6 +104,10 @@ finish() {
 }
 
 ts "dom0 userspace up; kernel $(uname -r); flavor $FLAVOR"
+# Watchdog: give up (with a diagnosis and the logs) before run.sh's per-boot limit kills QEMU and
+# the results disk is never written. dom0's clock follows the host's under TCG.
+( sleep $(( ${BOOT_TIMEOUT:-600} - 100 )); ts "DOM0 WATCHDOG: no verdict after $(( ${BOOT_TIMEOUT:-600} - 100 ))s"
+  diagnose_hang; finish "FAIL dom0 watchdog (a hang; see the diagnosis on the serial log)" ) &
 mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp
 mkdir -p /run/xen /run/xenstored /var/lib/xen /var/log/xen/console /var/lib/xenstored
 ln -sfn /run /var/run 2>/dev/null
@@ -103,7 +122,7 @@ ip link add xenbr0 type bridge && ip addr add $DOM0_IP/24 dev xenbr0 && ip link 
 ip link set lo up
 
 guest_extra() {  # <role> <ip> <peer> [more args]
-  local e="console=hvc0 loglevel=4 xway_role=$1 xway_ip=$2/24 xway_peer=$3 xway_port=$PORT"
+  local e="console=hvc0 loglevel=4 random.trust_cpu=on xway_role=$1 xway_ip=$2/24 xway_peer=$3 xway_port=$PORT"
   e="$e xway_conns=$CONNS xway_bytes=${BYTES:-1048576} xway_expect_ring=${EXPECT_RING:-0}"
   e="$e xway_xen_selftest=${XEN_SELFTEST:-0} xway_dir=$DIRECTORY xway_bench_bytes=${BENCH_BYTES:-2097152}"
   e="$e xway_rtt_iters=${RTT_ITERS:-200}${4:+ $4}"
@@ -148,6 +167,12 @@ mkcfg b client $CLIENT_IP $SERVER_IP 0b "xway_peer_domid=$DOMID_A"
 create b
 DOMID_B=$(xl domid xway-b)
 xl list
+# The guests' result lines, live on the serial log too (kept even if this boot never finishes).
+for n in a b; do
+  ( tail -F -n +1 $CON/guest-xway-$n.log 2>/dev/null | sed -u 's/\r//g' \
+      | grep -a --line-buffered -E '^(XWAY-TEST|XWAY-READY|GUEST-RESULT|XWAY-INFO [a-z]+ (destroyed|killed|bench|crng))' \
+      | sed -u "s/^/[xway-$n] /" ) &
+done
 
 # dom0-side setup that needs the guests' domain ids: the self-test's peer id for guest A, and the
 # trusted directory (`xway xen-directory`, from the payload) that the Xen provider's clients read.
@@ -237,22 +262,23 @@ destroy_peer() {
   ts "destroying xway-a (ready=$ready)"
   local t0 t1 n=/local/domain/$DOMID_B/data/xway-destroyed
   t0=$(cut -d' ' -f1 /proc/uptime)
-  if xl destroy xway-a > "$RES/xl-destroy-a.out" 2>&1; then
+  if timeout 120 xl destroy xway-a > "$RES/xl-destroy-a.out" 2>&1; then
     t1=$(cut -d' ' -f1 /proc/uptime)
-    xenstore-write $n "dom$DOMID_A destroyed by xl in $(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f", b-a}')s" \
-      && xenstore-chmod $n n0 r$DOMID_B || ts "writing $n failed"
+    timeout 10 xenstore-write $n "dom$DOMID_A destroyed by xl in $(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f", b-a}')s" \
+      && timeout 10 xenstore-chmod $n n0 r$DOMID_B || ts "writing $n failed"
     if [ $ready = 1 ]; then
       dtest destroyed:xl-destroy PASS "xl destroy xway-a (dom$DOMID_A) while guest B held a stream to it; took $(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f", b-a}')s"
     else
       dtest destroyed:xl-destroy FAIL "destroyed xway-a without guest B holding its stream (no XWAY-READY client destroy-hold, or no GUEST-RESULT server)"
     fi
   else
-    dtest destroyed:xl-destroy FAIL "xl destroy xway-a: $(tr '\n' ' ' < "$RES/xl-destroy-a.out")"
+    dtest destroyed:xl-destroy FAIL "xl destroy xway-a (status $?, 124 = timed out after 120s): $(tr '\n' ' ' < "$RES/xl-destroy-a.out")"
+    diagnose_hang
   fi
   [ $DIRECTORY = 1 ] || return 0
   # The publisher follows the toolstack: A's vif backend is gone, so is its entry.
-  for i in $(seq 80); do xenstore-read $E_A >/dev/null 2>&1 || break; sleep 0.25; done
-  if xenstore-read $E_A >/dev/null 2>&1; then
+  for i in $(seq 80); do timeout 5 xenstore-read $E_A >/dev/null 2>&1 || break; sleep 0.25; done
+  if timeout 5 xenstore-read $E_A >/dev/null 2>&1; then
     dtest xen-directory:follows-destroy FAIL "$E_A still there 20s after xl destroy: $(xenstore-ls -p /xway 2>&1 | tr -s ' ' | tr '\n' ';')"
   else
     dtest xen-directory:follows-destroy PASS "$E_A removed within ~$((i/4))s of xl destroy; $E_B = $(xenstore-read $E_B 2>&1)"
@@ -261,8 +287,8 @@ destroy_peer() {
 dom0_checks
 
 ts "waiting for guests to finish"
-for i in $(seq ${GUEST_TIMEOUT:-200}); do xl list | grep -q xway- || break; sleep 1; done
-if xl list | grep -q xway-; then
+for i in $(seq ${GUEST_TIMEOUT:-200}); do timeout 10 xl list | grep -q xway- || break; sleep 1; done
+if timeout 10 xl list | grep -q xway-; then
   echo "XWAY-TEST dom0 guests-finished FAIL still running after ${GUEST_TIMEOUT:-200}s; destroyed" >> "$DOM0LOG"
   xl destroy xway-a 2>/dev/null; xl destroy xway-b 2>/dev/null
 fi

@@ -109,6 +109,10 @@ if [ "$xway_xen_selftest" = 1 ]; then
 fi
 
 ring=; [ "$xway_expect_ring" = 1 ] && ring=--expect-ring
+# getrandom() blocks until the kernel's CRNG is seeded (an xway client needs a nonce per ring):
+# say when that happened, relative to the steps below.
+crng() { echo "XWAY-INFO $R crng at uptime $(cut -d' ' -f1 /proc/uptime)s: $(dmesg | grep -m1 'crng init' || echo 'not seeded yet')"; }
+crng
 hold=
 case $R in
   server)
@@ -141,6 +145,7 @@ case $R in
       --notice-node data/xway-destroyed --bound 30 $ring --deadline 290 ;;
   *) echo "XWAY-TEST $R role FAIL unknown role"; ok=0 ;;
 esac
+crng
 echo "GUEST-RESULT $R ok=$ok uptime=$(cut -d' ' -f1 /proc/uptime)s"
 if [ -n "$hold" ]; then
   # Domain-destroyed test: keep the held stream open; dom0 destroys this domain.

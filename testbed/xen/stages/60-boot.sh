@@ -10,7 +10,10 @@ ACCEL=${XWAY_TESTBED_ACCEL:-tcg}   # /dev/kvm here is kvm_pvm, which cannot run 
 # under bulk traffic: whole runs of foreign bytes in TCP streams, even over 127.0.0.1 inside one guest
 # (8 of 8 boots with 1-4 MiB echoes; likely also the cause of the reference harness's "unable to XZ
 # decompress kernel" flake). `Nehalem` passed every time. See README.md.
-if [ "$ACCEL" = kvm ]; then CPU=${XWAY_TESTBED_CPU:-host}; else CPU=${XWAY_TESTBED_CPU:-Nehalem}; fi
+# +rdrand: without a hardware RNG the guests' kernel CRNG took minutes to seed under TCG, and until
+# then getrandom() blocks (every xway client draws a nonce per ring); with RDRAND (random.trust_cpu,
+# Debian's default) it is seeded at boot, as on real hardware.
+if [ "$ACCEL" = kvm ]; then CPU=${XWAY_TESTBED_CPU:-host}; else CPU=${XWAY_TESTBED_CPU:-Nehalem,+rdrand}; fi
 # smap=0 smep=0: without them dom0 crashes at once under TCG (#PF in create_bounce_frame).
 # xpti=0: Xen would turn Meltdown page-table isolation on for an Intel model like Nehalem; under TCG the
 # extra TLB flushes make the guests ~2x slower, and a throwaway test VM does not need it.

@@ -831,7 +831,9 @@ where
                 return None;
             }
             Err(_) => {
-                rep.check("connect", false, format_args!("{what} {addr}: timed out"));
+                let secs = t0.elapsed().as_secs_f64();
+                let d = format!("{what} {addr}: try {tries} timed out (10 s), {secs:.1}s in all");
+                rep.check("connect", false, d);
                 return None;
             }
         }
