@@ -506,13 +506,23 @@ struct Spares {
     wanted: usize,
     /// The layout last asked for: what refills create.
     layout: Option<Layout>,
+    /// When a ring was last asked for.
+    last_wanted: Option<Instant>,
+    /// A task that closes the spares once they sit unused (see [`SPARE_IDLE`]) is running.
+    reaper: bool,
 }
+
+/// Spares nobody asked for during this long are closed: a process that stopped connecting
+/// holds no descriptors for them.
+const SPARE_IDLE: Duration = Duration::from_secs(1);
 
 static SPARES: Mutex<Spares> = Mutex::new(Spares {
     pid: 0,
     rings: Vec::new(),
     wanted: 0,
     layout: None,
+    last_wanted: None,
+    reaper: false,
 });
 
 fn spares() -> std::sync::MutexGuard<'static, Spares> {
@@ -521,17 +531,40 @@ fn spares() -> std::sync::MutexGuard<'static, Spares> {
     if spares.pid != pid {
         spares.rings.clear();
         spares.wanted = 0;
+        spares.reaper = false;
         spares.pid = pid;
     }
     spares
 }
 
-/// Rendezvous sockets whose offer may still be queued, closed at the next refill.
+/// Closes the spares once nobody asked for one during [`SPARE_IDLE`], then ends.
+async fn reap_idle_spares() {
+    /// Lets the next refill start a new reaper, however this one ends (the runtime may drop it).
+    struct Disarm;
+    impl Drop for Disarm {
+        fn drop(&mut self) {
+            spares().reaper = false;
+        }
+    }
+    let _disarm = Disarm;
+    loop {
+        tokio::time::sleep(SPARE_IDLE).await;
+        let mut spares = spares();
+        if spares.last_wanted.is_none_or(|t| t.elapsed() >= SPARE_IDLE) {
+            let idle = std::mem::take(&mut spares.rings);
+            spares.wanted = 0;
+            drop(spares);
+            drop(idle);
+            return;
+        }
+    }
+}
+
+/// Rendezvous sockets whose offer may still be queued, closed by [`close_rendezvous_sockets`].
 ///
 /// Closing a Unix socket while descriptors of Unix sockets are in flight (our offer carries the
 /// server's doorbell end) runs the kernel's descriptor garbage collector: about 10 us, on the
-/// connect's critical path. Once the listener has received the offer, closing is cheap; by the
-/// next connect, it has.
+/// connect's critical path. Once the listener has taken the offer, closing is cheap.
 static CLOSE_LATER: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
 /// Most rendezvous sockets waiting in [`CLOSE_LATER`]; beyond, the oldest is closed at once.
 const MAX_CLOSE_LATER: usize = 16;
@@ -544,24 +577,31 @@ fn close_later(fd: OwnedFd) {
     later.push(fd);
 }
 
+/// Closes the rendezvous sockets of offers sent so far. A client calls this once its listener
+/// claimed the offer (it has received it then), or once it stops waiting for that.
+pub(crate) fn close_rendezvous_sockets() {
+    let closing = std::mem::take(&mut *CLOSE_LATER.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(closing);
+}
+
 /// Takes a spare ring of `layout`, and records the demand either way.
 fn take_spare(layout: Layout) -> Option<Spare> {
     let mut spares = spares();
     spares.wanted = (spares.wanted + 1).min(MAX_SPARES);
     spares.layout = Some(layout);
+    spares.last_wanted = Some(Instant::now());
     let i = spares.rings.iter().position(|s| s.layout == layout)?;
     Some(spares.rings.swap_remove(i))
 }
 
 /// Creates at most one spare ring, if this process used one since the last refill.
 ///
-/// A client calls this while it waits for the listener's verdict, so the next connection's
-/// memfd, mapping, page faults and doorbell pair cost nothing on its critical path. A process
-/// that never offers a local ring never creates one; one that stops connecting keeps at most
-/// [`MAX_SPARES`].
+/// A client calls this once its listener claimed the offer, while the verdict travels, so the
+/// next connection's memfd, page allocations and doorbell pair cost (almost) nothing on its
+/// critical path. Only a process whose listeners claim its offers builds spares. A process
+/// that never offers a local ring never creates one; one that stops connecting closes its
+/// spares after [`SPARE_IDLE`].
 pub(crate) fn prepare_spare_ring() {
-    let closing = std::mem::take(&mut *CLOSE_LATER.lock().unwrap_or_else(|e| e.into_inner()));
-    drop(closing);
     let layout = {
         let mut spares = spares();
         match spares.layout {
@@ -580,6 +620,12 @@ pub(crate) fn prepare_spare_ring() {
                 spares.rings.remove(0);
             }
             spares.rings.push(spare);
+            if !spares.reaper {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    spares.reaper = true;
+                    runtime.spawn(reap_idle_spares());
+                }
+            }
         }
         // Out of descriptors or memory: the next connect creates its ring itself, and fails
         // over to TCP there if it must.

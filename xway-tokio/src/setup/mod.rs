@@ -419,8 +419,9 @@ const VERDICT_POLL: Duration = Duration::from_micros(50);
 /// right after its compare-and-swap on the setup state. So the client
 /// 1. says it is running (its activity word), so that the server's first read spins instead of
 ///    sleeping when the client's first bytes are about to come;
-/// 2. creates the next connection's spare ring meanwhile (the local provider's pool);
-/// 3. yield-spins on the setup state until it leaves `OFFERED` (see [`spin_for_claim`]);
+/// 2. yield-spins on the setup state until it leaves `OFFERED` (see [`spin_for_claim`]);
+/// 3. once claimed, prepares the next connection's spare ring while the verdict travels (the
+///    local provider's pool; a few microseconds on loopback);
 /// 4. then reads the verdict from the TCP connection without going through the reactor. The
 ///    verdict is still what decides (it authenticates the server, invariant I3); the state
 ///    word only says when to look.
@@ -431,10 +432,12 @@ fn verdict_without_sleeping(
 ) -> Option<io::Result<Option<FallbackReason>>> {
     let activity = Activity::new(region.clone(), Role::Client);
     activity.publish(true, crate::sys::current_cpu());
-    local::prepare_spare_ring();
-    let decided = spin_for_claim(region)
-        .then(|| read_verdict_now(tcp, nonce))
-        .flatten();
+    let claimed = spin_for_claim(region);
+    local::close_rendezvous_sockets();
+    if claimed {
+        local::prepare_spare_ring();
+    }
+    let decided = claimed.then(|| read_verdict_now(tcp, nonce)).flatten();
     if decided.is_none() {
         // The slow path sleeps: keep the hint honest.
         activity.publish(false, crate::sys::current_cpu());
