@@ -83,8 +83,14 @@ pub struct XwayConfig {
     xen_peers: BTreeMap<IpAddr, u16>,
 }
 
-/// Default bytes per ring direction.
-pub const DEFAULT_RING_SIZE: usize = 1 << 20;
+/// Default bytes per ring direction: 2 MiB.
+///
+/// A connection maps `2 * DEFAULT_RING_SIZE + 4 KiB` of shared memory (about 4 MiB of address
+/// space), but memory is only allocated for pages that traffic touches: 12 KiB for a
+/// connection that exchanges a few small messages, up to the whole 4 MiB once bulk transfers
+/// have gone round both rings. On the 2-vCPU benchmark host, 2 MiB rings moved 64 KiB writes at
+/// 10-28 GB/s, 1 MiB rings at 9-18 GB/s and 256-512 KiB rings at 3-8 GB/s (benches/README.md).
+pub const DEFAULT_RING_SIZE: usize = 2 << 20;
 
 impl Default for XwayConfig {
     fn default() -> XwayConfig {
@@ -229,7 +235,7 @@ impl XwayConfigBuilder {
     }
 
     /// Bytes per ring direction, rounded up to a power of two and clamped to 4 KiB ..= 16 MiB.
-    /// Default: [`DEFAULT_RING_SIZE`] (1 MiB). Larger rings move bulk data faster (fewer
+    /// Default: [`DEFAULT_RING_SIZE`] (2 MiB). Larger rings move bulk data faster (fewer
     /// sleeps per byte); each connection costs twice this in shared memory. The server uses the
     /// sizes the client offered.
     pub fn ring_size(mut self, bytes: usize) -> Self {
