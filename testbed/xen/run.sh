@@ -14,8 +14,8 @@
 #   XWAY_TESTBED_GUEST_LOG     tracing level for the guest binary (e.g. debug); XWAY_LOG in the guests
 #   XWAY_TESTBED_EXPECT_RING   1: require the guest-to-guest XwayStream to be on a ring (Xen provider)
 #   XWAY_TESTBED_BYTES         bulk bytes per exchange (default 1048576)
-#   XWAY_TESTBED_BENCH_BYTES   bytes of the guest-to-guest bulk benchmark, per mode (default 2097152)
-#   XWAY_TESTBED_RTT_ITERS     measured 64 B round trips of the benchmark, per mode (default 200)
+#   XWAY_TESTBED_BENCH_BYTES   bytes of the guest-to-guest bulk benchmark, per mode (default 8388608)
+#   XWAY_TESTBED_RTT_ITERS     measured 64 B round trips of the benchmark, per mode (default 500)
 #   XWAY_TESTBED_XEN_SELFTEST  1 (default): run the Xen device-layer self-test in both guests; 0: skip it
 #   XWAY_TESTBED_MIRROR        Debian mirror (default: the one this host's apt uses)
 #   XWAY_TESTBED_ACCEL / _CPU  QEMU accelerator and CPU (default tcg / max; see README.md)
@@ -127,8 +127,8 @@ stage guest-initramfs "$K_INITRAMFS" 40-guest-initramfs.sh
   echo "EXPECT_RING=${XWAY_TESTBED_EXPECT_RING:-0}"
   echo "BYTES=${XWAY_TESTBED_BYTES:-1048576}"
   echo "XEN_SELFTEST=${XWAY_TESTBED_XEN_SELFTEST:-1}"
-  echo "BENCH_BYTES=${XWAY_TESTBED_BENCH_BYTES:-2097152}"
-  echo "RTT_ITERS=${XWAY_TESTBED_RTT_ITERS:-200}"
+  echo "BENCH_BYTES=${XWAY_TESTBED_BENCH_BYTES:-8388608}"
+  echo "RTT_ITERS=${XWAY_TESTBED_RTT_ITERS:-500}"
   echo "BOOT_TIMEOUT=$BOOT_TIMEOUT"
 } > "$B/settings.env.new"
 cmp -s "$B/settings.env.new" "$B/settings.env" && rm "$B/settings.env.new" || mv "$B/settings.env.new" "$B/settings.env"
@@ -169,18 +169,19 @@ if grep -qa '^XWAY-BENCH [^ ]* bench:' "$RESULTS"; then
   echo "-- guest-to-guest benchmark: guest B -> guest A, xway as configured vs xway forced to TCP (same boot)"
   awk '$1 == "XWAY-BENCH" && $3 ~ /^bench:/ {
          split($3, k, ":"); v[k[2] ":" k[3]] = $4
-         if (k[2] == "xway" && k[3] == "rtt-64B-p50") t = substr($0, index($0, "transport: ") + 11) }
-       function row(label, fig, lower,   x, y, r) {
-         x = v["xway:" fig]; y = v["tcp:" fig]
-         r = (x != "" && y != "" && y + 0 > 0) ? sprintf("%.3f", x / y) : "-"
-         printf "%-30s %12s %12s %10s  %s\n", label, (x == "" ? "-" : x), (y == "" ? "-" : y), r, lower }
+         if (k[3] == "rtt-64B-p50") t[k[2]] = substr($0, index($0, "transport: ") + 11) }
+       function cell(x) { return x == "" ? "-" : x }
+       function ratio(x, y) { return (x != "" && y != "" && y + 0 > 0) ? sprintf("%.3f", x / y) : "-" }
+       function row(label, fig, lower,   x, z, y) {
+         x = v["xway:" fig]; z = v["xway-256k:" fig]; y = v["tcp:" fig]
+         printf "%-28s %10s %10s %10s %9s %9s  %s\n", label, cell(x), cell(z), cell(y), ratio(x, y), ratio(z, y), lower }
        END {
-         printf "%-30s %12s %12s %10s\n", "figure", "xway", "tcp", "xway/tcp"
+         printf "%-28s %10s %10s %10s %9s %9s\n", "figure", "xway", "xway-256k", "tcp", "xway/tcp", "256k/tcp"
          row("64 B ping-pong p50, us", "rtt-64B-p50", "(lower is better)")
          row("64 B ping-pong p99, us", "rtt-64B-p99", "(lower is better)")
          row("bulk, 64 KiB writes, MB/s", "bulk-64KiB", "(higher is better)")
          row("connect, ms", "connect", "(lower is better)")
-         printf "xway transport: %s\n", (t == "" ? "?" : t) }' "$RESULTS"
+         printf "transports: xway: %s; xway-256k: %s; tcp: %s\n", cell(t["xway"]), cell(t["xway-256k"]), cell(t["tcp"]) }' "$RESULTS"
 fi
 VERDICT=$(cat "$RUN/verdict" 2>/dev/null || echo "FAIL no verdict")
 nfail=$(grep -c '^XWAY-TEST [^ ]* [^ ]* FAIL' "$RESULTS" || true)

@@ -49,11 +49,12 @@ dom0:plain-peer:no-unsolicited-bytes dom0:plain-peer:bulk-echo dom0:plain-peer:h
 # stream was a ring (and that a destroyed domain ends it: plain TCP cannot see that) need EXPECT_RING.
 REQUIRED="$REQUIRED
 server:bench-server:served client:bench:xway:ping-pong client:bench:xway:bulk
+client:bench:xway-256k:ping-pong client:bench:xway-256k:bulk
 client:bench:tcp:ping-pong client:bench:tcp:bulk client:bench:tcp:tcp-used
 server:killed:wrote server:killed:sigkill client:killed:bytes client:killed:end
 server:destroyed:accepted dom0:destroyed:xl-destroy
 "
-[ "${EXPECT_RING:-0}" = 1 ] && REQUIRED="$REQUIRED client:ring-used client:bench:xway:ring-used
+[ "${EXPECT_RING:-0}" = 1 ] && REQUIRED="$REQUIRED client:ring-used client:bench:xway:ring-used client:bench:xway-256k:ring-used
 client:killed:ring-used client:destroyed:ring-used client:destroyed:end"
 # The trusted directory (xway xen-directory in dom0): needs the xway binary, so the xway flavor.
 DIRECTORY=0
@@ -124,8 +125,8 @@ ip link set lo up
 guest_extra() {  # <role> <ip> <peer> [more args]
   local e="console=hvc0 loglevel=4 random.trust_cpu=on xway_role=$1 xway_ip=$2/24 xway_peer=$3 xway_port=$PORT"
   e="$e xway_conns=$CONNS xway_bytes=${BYTES:-1048576} xway_expect_ring=${EXPECT_RING:-0}"
-  e="$e xway_xen_selftest=${XEN_SELFTEST:-0} xway_dir=$DIRECTORY xway_bench_bytes=${BENCH_BYTES:-2097152}"
-  e="$e xway_rtt_iters=${RTT_ITERS:-200}${4:+ $4}"
+  e="$e xway_xen_selftest=${XEN_SELFTEST:-0} xway_dir=$DIRECTORY xway_bench_bytes=${BENCH_BYTES:-8388608}"
+  e="$e xway_rtt_iters=${RTT_ITERS:-500}${4:+ $4}"
   [ -n "${GUEST_LOG:-}" ] && e="$e xway_log=$GUEST_LOG"
   echo "$e"
 }

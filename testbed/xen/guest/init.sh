@@ -12,7 +12,7 @@
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 xway_role=unknown xway_port=7000 xway_conns=1 xway_bytes=1048576 xway_log= xway_expect_ring=0
-xway_xen_selftest=0 xway_peer_domid= xway_dir=0 xway_bench_bytes=4194304 xway_rtt_iters=200
+xway_xen_selftest=0 xway_peer_domid= xway_dir=0 xway_bench_bytes=8388608 xway_rtt_iters=500
 for a in $(cat /proc/cmdline); do case $a in xway_*=*) eval "$a";; esac; done
 R=$xway_role
 echo "XWAY-INFO $R guest up: kernel $(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s"

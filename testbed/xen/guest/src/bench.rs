@@ -10,7 +10,7 @@
 //!   `ok <n> <fnv>\n`: one-way throughput, from the first write to the answer.
 //!
 //! Lines: `XWAY-BENCH <role> bench:<mode>:<figure> <value> <unit> transport: ...` (`mode` is
-//! `xway` or `tcp`), which `run.sh` turns into a table; and `XWAY-TEST` checks that every byte
+//! `xway` (default configuration), `xway-256k` (`xen_ring_size` 256 KiB, the largest) or `tcp`), which `run.sh` turns into a table; and `XWAY-TEST` checks that every byte
 //! came back exactly, that the forced-TCP run is TCP, and (`--expect-ring`) that the xway run
 //! is a ring.
 
@@ -167,8 +167,12 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 pub(crate) async fn client(rep: &mut Report, a: &Args) {
     let peer = a.peer.unwrap_or_else(|| usage());
     let mut opened = 0;
-    for (mode, tcp_only) in [("xway", false), ("tcp", true)] {
-        opened += run_mode(rep, a, peer, mode, tcp_only).await;
+    for (mode, tcp_only, ring) in [
+        ("xway", false, None),
+        ("xway-256k", false, Some(256 << 10)),
+        ("tcp", true, None),
+    ] {
+        opened += run_mode(rep, a, peer, mode, tcp_only, ring).await;
     }
     // Tell the server we are done (whatever failed above), so that it does not wait for more.
     let r = async {
@@ -189,10 +193,11 @@ async fn connect(
     peer: SocketAddr,
     mode: &str,
     tcp_only: bool,
+    ring: Option<usize>,
 ) -> Option<(net::XwayStream, Duration)> {
     let t0 = Instant::now();
     let s = retry_connect(rep, &format!("bench {mode}"), peer, || {
-        net::connect(peer, tcp_only)
+        net::connect_sized(peer, tcp_only, ring)
     })
     .await?;
     Some((s, t0.elapsed()))
@@ -205,24 +210,25 @@ async fn run_mode(
     peer: SocketAddr,
     mode: &str,
     tcp_only: bool,
+    ring: Option<usize>,
 ) -> usize {
     let p = format!("bench:{mode}");
     // Ping-pong.
-    let Some((mut s, setup)) = connect(rep, peer, mode, tcp_only).await else {
+    let Some((mut s, setup)) = connect(rep, peer, mode, tcp_only, ring).await else {
         return 0;
     };
     let transport = s.transport().to_string();
-    let ring = s.transport().is_ring();
+    let on_ring = s.transport().is_ring();
     if tcp_only {
         rep.check(
             &format!("{p}:tcp-used"),
-            !ring,
+            !on_ring,
             format_args!("transport: {transport}"),
         );
     } else if a.expect_ring {
         rep.check(
             &format!("{p}:ring-used"),
-            ring,
+            on_ring,
             format_args!("transport: {transport}"),
         );
     }
@@ -303,7 +309,7 @@ async fn run_mode(
     }
 
     // Bulk, one way.
-    let Some((mut s, _)) = connect(rep, peer, mode, tcp_only).await else {
+    let Some((mut s, _)) = connect(rep, peer, mode, tcp_only, ring).await else {
         return 1;
     };
     let transport = s.transport().to_string();

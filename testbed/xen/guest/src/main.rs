@@ -70,9 +70,21 @@ mod net {
     /// `XwayStream::connect_with` with the test bed's configuration; `tcp_only` forces TCP
     /// (`Mode::TcpOnly`), for the benchmark's baseline between the same two guests.
     pub(crate) async fn connect(addr: SocketAddr, tcp_only: bool) -> io::Result<XwayStream> {
+        connect_sized(addr, tcp_only, None).await
+    }
+
+    /// [`connect`] with `xen_ring_size` set (bytes per direction) when `Some`.
+    pub(crate) async fn connect_sized(
+        addr: SocketAddr,
+        tcp_only: bool,
+        xen_ring: Option<usize>,
+    ) -> io::Result<XwayStream> {
         let mut b = XwayConfig::builder().rendezvous_timeout(RENDEZVOUS_TIMEOUT);
         if tcp_only {
             b = b.mode(Mode::TcpOnly);
+        }
+        if let Some(bytes) = xen_ring {
+            b = b.xen_ring_size(bytes);
         }
         XwayStream::connect_with(addr, &b.build()).await
     }
@@ -115,6 +127,14 @@ mod net {
     }
     pub(crate) async fn connect(addr: SocketAddr, _tcp_only: bool) -> io::Result<XwayStream> {
         Ok(XwayStream(tokio::net::TcpStream::connect(addr).await?))
+    }
+
+    pub(crate) async fn connect_sized(
+        addr: SocketAddr,
+        tcp_only: bool,
+        _xen_ring: Option<usize>,
+    ) -> io::Result<XwayStream> {
+        connect(addr, tcp_only).await
     }
 
     impl XwayStream {
