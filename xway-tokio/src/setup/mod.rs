@@ -408,6 +408,8 @@ static CLAIM_SPIN_NS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(CLAIM_SPIN_MAX.as_nanos() as u64);
 /// Connects that skipped spinning since its budget decayed to zero.
 static CLAIM_SPIN_SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The last claim spin of this process saw its listener claim the offer.
+static LAST_CLAIM_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// How long a client polls the TCP connection for a verdict it knows is on its way.
 const VERDICT_POLL: Duration = Duration::from_micros(50);
 
@@ -419,9 +421,9 @@ const VERDICT_POLL: Duration = Duration::from_micros(50);
 /// right after its compare-and-swap on the setup state. So the client
 /// 1. says it is running (its activity word), so that the server's first read spins instead of
 ///    sleeping when the client's first bytes are about to come;
-/// 2. yield-spins on the setup state until it leaves `OFFERED` (see [`spin_for_claim`]);
-/// 3. once claimed, prepares the next connection's spare ring while the verdict travels (the
-///    local provider's pool; a few microseconds on loopback);
+/// 2. prepares the next connection's spare ring (the local provider's pool) while the listener
+///    wakes up, if its last offer was claimed, else once this one is, while the verdict travels;
+/// 3. yield-spins on the setup state until it leaves `OFFERED` (see [`spin_for_claim`]);
 /// 4. then reads the verdict from the TCP connection without going through the reactor. The
 ///    verdict is still what decides (it authenticates the server, invariant I3); the state
 ///    word only says when to look.
@@ -432,9 +434,17 @@ fn verdict_without_sleeping(
 ) -> Option<io::Result<Option<FallbackReason>>> {
     let activity = Activity::new(region.clone(), Role::Client);
     activity.publish(true, crate::sys::current_cpu());
+    // The listener is waking up: build the next spare meanwhile, if the last offer was claimed
+    // (so that a process whose listeners never claim builds none). Otherwise build it once
+    // this offer is claimed, while the verdict travels.
+    let built = LAST_CLAIM_SEEN.load(std::sync::atomic::Ordering::Relaxed);
+    if built {
+        local::prepare_spare_ring();
+    }
     let claimed = spin_for_claim(region);
+    LAST_CLAIM_SEEN.store(claimed, std::sync::atomic::Ordering::Relaxed);
     local::close_rendezvous_sockets();
-    if claimed {
+    if claimed && !built {
         local::prepare_spare_ring();
     }
     let decided = claimed.then(|| read_verdict_now(tcp, nonce)).flatten();
