@@ -65,7 +65,7 @@ DIRECTORY=0
 [ $DIRECTORY = 1 ] && REQUIRED="$REQUIRED
 dom0:xen-directory:published dom0:xen-directory:perms dom0:xen-directory:keeps-current
 dom0:xen-directory:follows-destroy dom0:xen-directory:running
-client:directory:peer-entry client:directory:perms client:directory:no-forgery
+client:directory:peer-entry client:directory:perms client:directory:no-forgery client:doctor:xen-usable
 "
 # Xen device layer self-test (guest/init.sh): round 1 A offers / B maps and exits; round 2 B offers /
 # A maps and is killed with SIGKILL.

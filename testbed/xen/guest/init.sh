@@ -132,8 +132,11 @@ case $R in
   client)
     ping -c 1 -W 5 "$xway_peer" >/dev/null 2>&1 || echo "XWAY-INFO $R ping $xway_peer failed (continuing)"
     # dom0's `xway xen-directory` publishes the peer's domain id; we read it and cannot forge it.
-    [ "$xway_dir" = 1 ] && run directory 100 directory --peer "$xway_peer:$xway_port" \
-      --peer-domid "$xway_peer_domid" --deadline 90
+    if [ "$xway_dir" = 1 ]; then
+      run directory 100 directory --peer "$xway_peer:$xway_port" --peer-domid "$xway_peer_domid" --deadline 90
+      # `xway doctor` here: the xen provider usable, the directory readable with entries.
+      run doctor 30 doctor --deadline 25
+    fi
     run tcp-client 150 tcp-client --peer "$xway_peer:$xway_port" --bytes "$xway_bytes" $ring --deadline 140
     run plain-peer 150 plain-peer --peer "$xway_peer:$xway_port" --bytes "$xway_bytes" --deadline 140
     run bench 300 bench --peer "$xway_peer:$((xway_port+1))" --bytes "$xway_bench_bytes" \

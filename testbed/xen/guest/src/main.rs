@@ -259,7 +259,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: xway-testbed-guest devices|loopback|tcp-server|tcp-client|plain-peer|xen-devices|directory|bench-server|bench|\
+        "usage: xway-testbed-guest devices|loopback|tcp-server|tcp-client|plain-peer|xen-devices|directory|doctor|bench-server|bench|\
          killed-server|killed-client|hold-server|destroyed-client|version --role R \
          [--listen IP:PORT] [--peer IP:PORT] [--conns N] [--bytes N] [--rtt-iters N] [--expect-ring] [--deadline SECS] \
          [--xen-role offerer|mapper] [--peer-domid N | --peer-domid-node PATH] [--wait-exit] [--prefix P] \
@@ -356,6 +356,7 @@ async fn main() {
             "loopback" => loopback(&mut rep, &args).await,
             "xen-devices" => xen_devices(&mut rep, &args).await,
             "directory" => directory(&mut rep, &args).await,
+            "doctor" => doctor(&mut rep),
             "bench-server" => bench::server(&mut rep, &args).await,
             "bench" => bench::client(&mut rep, &args).await,
             "killed-server" => faults::killed_server(&mut rep, &args).await,
@@ -701,6 +702,37 @@ async fn directory(rep: &mut Report, a: &Args) {
         refused && after == Ok(Some(want.to_string())),
         format_args!("{}; entry afterwards {after:?}", detail.join(", ")),
     );
+}
+
+/// `xway doctor`'s report in this guest: the xen provider must be usable, its trusted directory
+/// readable with entries.
+#[cfg(not(feature = "plain"))]
+fn doctor(rep: &mut Report) {
+    for r in xway_tokio::doctor::diagnose() {
+        for line in r.to_string().lines() {
+            rep.info(format_args!("doctor: {line}"));
+        }
+        if r.provider == "xen" {
+            let dir = r.checks.iter().find(|c| c.what == "trusted directory");
+            let detail = dir.map_or_else(
+                || "no trusted-directory line".to_string(),
+                |c| format!("{:?}", c.result),
+            );
+            rep.check(
+                "doctor:xen-usable",
+                r.usable,
+                format_args!(
+                    "xen provider usable={}; trusted directory: {detail}",
+                    r.usable
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(feature = "plain")]
+fn doctor(rep: &mut Report) {
+    rep.info("doctor: skipped (feature `plain`: xway-tokio not linked)");
 }
 
 // ---------------------------------------------------------------------------------------------------
