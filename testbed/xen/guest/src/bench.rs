@@ -1,18 +1,19 @@
 //! The benchmark between the two guests: xway as configured (the ring once the Xen provider is
 //! in) against xway forced to TCP (`Mode::TcpOnly`), same guests, same boot, one after the other.
 //!
-//! Per mode, two connections to `bench-server` (and at the very end one `end <n>\n` connection, so
-//! the server knows how many to expect even when something failed):
+//! Per mode and round ([`ROUNDS`], modes interleaved; figures are medians), two connections to
+//! `bench-server` (and at the very end one `end <n>\n` connection, so that the server knows how
+//! many to expect even when something failed):
 //!
 //! * `pingpong\n`, then 64 B messages echoed one at a time: `rtt-iters` round trips after
 //!   [`WARMUP`] unmeasured ones; p50 and p99.
 //! * `bulk <n>\n`, then `n` bytes in 64 KiB writes; the server counts them and answers
 //!   `ok <n> <fnv>\n`: one-way throughput, from the first write to the answer.
 //!
-//! Lines: `XWAY-BENCH <role> bench:<mode>:<figure> <value> <unit> transport: ...` (`mode` is
-//! `xway` (default configuration), `xway-256k` (`xen_ring_size` 256 KiB, the largest) or `tcp`), which `run.sh` turns into a table; and `XWAY-TEST` checks that every byte
-//! came back exactly, that the forced-TCP run is TCP, and (`--expect-ring`) that the xway run
-//! is a ring.
+//! Lines: `XWAY-BENCH <role> bench:<mode>:<figure> <value> <unit> ...` with `mode` one of `xway`
+//! (default configuration), `xway-256k` (`xen_ring_size` 256 KiB, the largest) and `tcp`;
+//! `run.sh` turns them into a table. `XWAY-TEST` checks: every byte came back exactly, every
+//! forced-TCP stream is TCP, and (`--expect-ring`) every xway stream is a ring.
 
 use std::io;
 use std::net::SocketAddr;
@@ -163,16 +164,68 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
 
-/// Both modes, one after the other: xway as configured, then xway forced to TCP.
+/// The configurations compared, in the order each round runs them.
+struct Mode {
+    name: &'static str,
+    tcp_only: bool,
+    xen_ring: Option<usize>,
+}
+
+const MODES: [Mode; 3] = [
+    Mode {
+        name: "xway",
+        tcp_only: false,
+        xen_ring: None,
+    },
+    Mode {
+        name: "xway-256k",
+        tcp_only: false,
+        xen_ring: Some(256 << 10),
+    },
+    Mode {
+        name: "tcp",
+        tcp_only: true,
+        xen_ring: None,
+    },
+];
+
+/// Rounds of all modes, interleaved so that a change of host load hits every mode alike; each
+/// figure is the median over the rounds.
+const ROUNDS: usize = 3;
+
+/// One mode's results over the rounds.
+#[derive(Default)]
+struct Tally {
+    transport: String,
+    on_ring: Vec<bool>,
+    setup_ms: Vec<f64>,
+    p50_us: Vec<f64>,
+    p99_us: Vec<f64>,
+    bulk_mbs: Vec<f64>,
+    ping_pong_errors: Vec<String>,
+    bulk_errors: Vec<String>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+fn list(v: &[f64]) -> String {
+    let parts: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+    parts.join(", ")
+}
+
+/// [`ROUNDS`] rounds of every mode, then one check and one median per figure and mode.
 pub(crate) async fn client(rep: &mut Report, a: &Args) {
     let peer = a.peer.unwrap_or_else(|| usage());
     let mut opened = 0;
-    for (mode, tcp_only, ring) in [
-        ("xway", false, None),
-        ("xway-256k", false, Some(256 << 10)),
-        ("tcp", true, None),
-    ] {
-        opened += run_mode(rep, a, peer, mode, tcp_only, ring).await;
+    let mut tallies: Vec<Tally> = MODES.iter().map(|_| Tally::default()).collect();
+    for _ in 0..ROUNDS {
+        for (m, t) in MODES.iter().zip(tallies.iter_mut()) {
+            opened += round(rep, a, peer, m, t).await;
+        }
     }
     // Tell the server we are done (whatever failed above), so that it does not wait for more.
     let r = async {
@@ -186,58 +239,97 @@ pub(crate) async fn client(rep: &mut Report, a: &Args) {
     if let Err(e) = r {
         rep.info(format_args!("bench: telling the server we are done: {e}"));
     }
+    for (m, t) in MODES.iter().zip(&tallies) {
+        summarize(rep, a, m, t);
+    }
+}
+
+fn summarize(rep: &mut Report, a: &Args, m: &Mode, t: &Tally) {
+    let p = format!("bench:{}", m.name);
+    let transport = &t.transport;
+    let rings = t.on_ring.iter().filter(|&&r| r).count();
+    let streams = format!("{rings} of {} streams on a ring", t.on_ring.len());
+    if m.tcp_only {
+        rep.check(
+            &format!("{p}:tcp-used"),
+            rings == 0 && !t.on_ring.is_empty(),
+            format_args!("{streams}; transport: {transport}"),
+        );
+    } else if a.expect_ring {
+        rep.check(
+            &format!("{p}:ring-used"),
+            rings == t.on_ring.len() && rings > 0,
+            format_args!("{streams}; transport: {transport}"),
+        );
+    }
+    let ok = t.ping_pong_errors.is_empty() && t.p50_us.len() == ROUNDS;
+    rep.check(
+        &format!("{p}:ping-pong"),
+        ok,
+        format_args!(
+            "{} rounds of {} x 64 B round trips echoed exactly{}; transport: {transport}",
+            t.p50_us.len(),
+            a.rtt_iters,
+            if ok {
+                String::new()
+            } else {
+                format!("; errors: {}", t.ping_pong_errors.join("; "))
+            }
+        ),
+    );
+    let ok = t.bulk_errors.is_empty() && t.bulk_mbs.len() == ROUNDS;
+    rep.check(
+        &format!("{p}:bulk"),
+        ok,
+        format_args!(
+            "{} rounds of {} B in 64 KiB writes, count and hash confirmed by the server{}; transport: {transport}",
+            t.bulk_mbs.len(),
+            a.bytes,
+            if ok { String::new() } else { format!("; errors: {}", t.bulk_errors.join("; ")) }
+        ),
+    );
+    let figures: [(&str, &[f64], &str); 4] = [
+        ("connect", &t.setup_ms, "ms"),
+        ("rtt-64B-p50", &t.p50_us, "us"),
+        ("rtt-64B-p99", &t.p99_us, "us"),
+        ("bulk-64KiB", &t.bulk_mbs, "MB/s"),
+    ];
+    for (name, v, unit) in figures {
+        if !v.is_empty() {
+            rep.bench(
+                &format!("{p}:{name}"),
+                median(v),
+                unit,
+                format_args!("median of [{}]; transport: {transport}", list(v)),
+            );
+        }
+    }
 }
 
 async fn connect(
     rep: &mut Report,
     peer: SocketAddr,
-    mode: &str,
-    tcp_only: bool,
-    ring: Option<usize>,
+    m: &Mode,
 ) -> Option<(net::XwayStream, Duration)> {
     let t0 = Instant::now();
-    let s = retry_connect(rep, &format!("bench {mode}"), peer, || {
-        net::connect_sized(peer, tcp_only, ring)
+    let s = retry_connect(rep, &format!("bench {}", m.name), peer, || {
+        net::connect_sized(peer, m.tcp_only, m.xen_ring)
     })
     .await?;
     Some((s, t0.elapsed()))
 }
 
-/// Returns how many connections it opened.
-async fn run_mode(
-    rep: &mut Report,
-    a: &Args,
-    peer: SocketAddr,
-    mode: &str,
-    tcp_only: bool,
-    ring: Option<usize>,
-) -> usize {
-    let p = format!("bench:{mode}");
+/// One round of one mode: a ping-pong connection and a bulk one. Returns how many connections
+/// it opened.
+async fn round(rep: &mut Report, a: &Args, peer: SocketAddr, m: &Mode, t: &mut Tally) -> usize {
     // Ping-pong.
-    let Some((mut s, setup)) = connect(rep, peer, mode, tcp_only, ring).await else {
+    let Some((mut s, setup)) = connect(rep, peer, m).await else {
+        t.ping_pong_errors.push("connect failed".into());
         return 0;
     };
-    let transport = s.transport().to_string();
-    let on_ring = s.transport().is_ring();
-    if tcp_only {
-        rep.check(
-            &format!("{p}:tcp-used"),
-            !on_ring,
-            format_args!("transport: {transport}"),
-        );
-    } else if a.expect_ring {
-        rep.check(
-            &format!("{p}:ring-used"),
-            on_ring,
-            format_args!("transport: {transport}"),
-        );
-    }
-    rep.bench(
-        &format!("{p}:connect"),
-        setup.as_secs_f64() * 1e3,
-        "ms",
-        format_args!("connect (with retries); transport: {transport}"),
-    );
+    t.transport = s.transport().to_string();
+    t.on_ring.push(s.transport().is_ring());
+    t.setup_ms.push(setup.as_secs_f64() * 1e3);
     let r: io::Result<Vec<Duration>> = async {
         s.write_all(b"pingpong\n").await?;
         let mut msg = [0u8; 64];
@@ -276,45 +368,21 @@ async fn run_mode(
     match r {
         Ok(mut samples) if !samples.is_empty() => {
             samples.sort();
-            let (p50, p99) = (percentile(&samples, 50), percentile(&samples, 99));
-            rep.check(
-                &format!("{p}:ping-pong"),
-                true,
-                format_args!("{} x 64 B round trips echoed exactly (after {WARMUP} warm-up); transport: {transport}", samples.len()),
-            );
-            let d = format!("{} samples; transport: {transport}", samples.len());
-            rep.bench(
-                &format!("{p}:rtt-64B-p50"),
-                p50.as_secs_f64() * 1e6,
-                "us",
-                &d,
-            );
-            rep.bench(
-                &format!("{p}:rtt-64B-p99"),
-                p99.as_secs_f64() * 1e6,
-                "us",
-                &d,
-            );
+            t.p50_us.push(percentile(&samples, 50).as_secs_f64() * 1e6);
+            t.p99_us.push(percentile(&samples, 99).as_secs_f64() * 1e6);
         }
-        Ok(_) => rep.check(
-            &format!("{p}:ping-pong"),
-            false,
-            "no samples (--rtt-iters 0)",
-        ),
-        Err(e) => rep.check(
-            &format!("{p}:ping-pong"),
-            false,
-            format_args!("{e}; transport: {transport}"),
-        ),
+        Ok(_) => t.ping_pong_errors.push("no samples (--rtt-iters 0)".into()),
+        Err(e) => t.ping_pong_errors.push(e.to_string()),
     }
 
     // Bulk, one way.
-    let Some((mut s, _)) = connect(rep, peer, mode, tcp_only, ring).await else {
+    let Some((mut s, _)) = connect(rep, peer, m).await else {
+        t.bulk_errors.push("connect failed".into());
         return 1;
     };
-    let transport = s.transport().to_string();
+    t.on_ring.push(s.transport().is_ring());
     let n = a.bytes as u64;
-    let r: io::Result<(f64, String)> = async {
+    let r: io::Result<f64> = async {
         s.write_all(format!("bulk {n}\n").as_bytes()).await?;
         let block: Vec<u8> = (0..BULK_WRITE as u64).map(pattern).collect();
         let mut hash = Fnv::new();
@@ -338,31 +406,12 @@ async fn run_mode(
             ));
         }
         s.shutdown().await?;
-        Ok((secs, answer))
+        Ok(secs)
     }
     .await;
     match r {
-        Ok((secs, answer)) => {
-            rep.check(
-                &format!("{p}:bulk"),
-                true,
-                format_args!(
-                    "{n} B in {} writes of 64 KiB, server: {answer:?}; transport: {transport}",
-                    n.div_ceil(BULK_WRITE as u64)
-                ),
-            );
-            rep.bench(
-                &format!("{p}:bulk-64KiB"),
-                n as f64 / secs / 1e6,
-                "MB/s",
-                format_args!("one way, {n} B in {secs:.2}s; transport: {transport}"),
-            );
-        }
-        Err(e) => rep.check(
-            &format!("{p}:bulk"),
-            false,
-            format_args!("{e}; transport: {transport}"),
-        ),
+        Ok(secs) => t.bulk_mbs.push(n as f64 / secs / 1e6),
+        Err(e) => t.bulk_errors.push(e.to_string()),
     }
     2
 }
