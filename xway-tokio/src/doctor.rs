@@ -337,7 +337,8 @@ impl fmt::Display for XenDirectoryUpdate {
 /// - `PermissionDenied` when not run in dom0 (the message says so: guests only read the
 ///   directory);
 /// - `NotFound` without Xen or without a running xenstored (the message says what was tried);
-/// - XenStore errors during a pass (`TimedOut`, the connection lost).
+/// - XenStore errors: the connection lost, or three passes in a row failing (a failed pass is
+///   retried a second later; the pass that succeeds then carries a note saying so).
 ///
 /// # Cancel safety
 ///

@@ -33,7 +33,9 @@
 //! not know it). The publisher removes every other child of the directory, rewrites entries
 //! whose value or permissions differ, and writes nothing when nothing changed. It re-syncs on
 //! every XenStore event under the vif backends, the directory itself and `@releaseDomain`
-//! (debounced), and every [`RESYNC_EVERY`] in case an event was lost.
+//! (debounced), and every [`RESYNC_EVERY`] in case an event was lost. A pass that fails (a slow
+//! xenstored, a node removed while it reads) is retried a second later, at most
+//! [`PASS_ATTEMPTS`] times in a row; a lost connection ends the publisher at once.
 //!
 //! # Operator configuration
 //!
@@ -580,11 +582,46 @@ pub(crate) async fn run(keep_current: bool, on_update: &mut dyn FnMut(&Update)) 
             r?;
             debounce(&mut watches).await?;
         }
-        let update = sync(&xs).await?;
+        let mut update = sync_retrying(&xs).await?;
         if update.changed() || update.notes != last.notes {
             on_update(&update);
         }
+        // Notes about failed attempts are reported once, not compared with the next pass.
+        update.notes.retain(|n| !n.starts_with(RETRY_NOTE));
         last = update;
+    }
+}
+
+const RETRY_NOTE: &str = "a pass failed and was retried";
+/// Passes tried in a row before the publisher gives up.
+const PASS_ATTEMPTS: usize = 3;
+
+/// [`sync`], retried after a second when a pass fails with anything but a lost connection
+/// (a slow xenstored, a node removed under our feet); the failures become notes of the pass
+/// that succeeds.
+async fn sync_retrying<S: Store>(s: &S) -> io::Result<Update> {
+    let mut failures = Vec::new();
+    loop {
+        match sync(s).await {
+            Ok(mut u) => {
+                if !failures.is_empty() {
+                    u.notes
+                        .push(format!("{RETRY_NOTE}: {}", failures.join("; ")));
+                }
+                return Ok(u);
+            }
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Err(e),
+            Err(e) if failures.len() + 1 >= PASS_ATTEMPTS => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{PASS_ATTEMPTS} passes failed in a row; the last: {e}"),
+                ))
+            }
+            Err(e) => {
+                failures.push(e.to_string());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 
@@ -1049,6 +1086,77 @@ mod tests {
             f.perms(DIRECTORY),
             "r0",
             "the empty directory stays readable"
+        );
+    }
+
+    /// A [`Fake`] whose directory listing of the vif backends fails `fail` times first.
+    struct Flaky {
+        inner: Fake,
+        fail: std::sync::atomic::AtomicUsize,
+        kind: io::ErrorKind,
+    }
+
+    impl Store for Flaky {
+        async fn read(&self, path: &str) -> io::Result<Vec<u8>> {
+            self.inner.read(path).await
+        }
+        async fn write(&self, path: &str, value: &[u8]) -> io::Result<()> {
+            self.inner.write(path, value).await
+        }
+        async fn mkdir(&self, path: &str) -> io::Result<()> {
+            self.inner.mkdir(path).await
+        }
+        async fn rm(&self, path: &str) -> io::Result<()> {
+            self.inner.rm(path).await
+        }
+        async fn directory(&self, path: &str) -> io::Result<Vec<String>> {
+            use std::sync::atomic::Ordering::Relaxed;
+            if path == VIF_BACKENDS
+                && self
+                    .fail
+                    .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                return Err(io::Error::new(self.kind, "injected"));
+            }
+            self.inner.directory(path).await
+        }
+        async fn get_perms(&self, path: &str) -> io::Result<Vec<Perm>> {
+            self.inner.get_perms(path).await
+        }
+        async fn set_perms(&self, path: &str, perms: &[Perm]) -> io::Result<()> {
+            self.inner.set_perms(path, perms).await
+        }
+    }
+
+    fn flaky(fail: usize, kind: io::ErrorKind) -> Flaky {
+        let inner = Fake::default();
+        guest(&inner, 1, Some("192.0.2.11"));
+        Flaky {
+            inner,
+            fail: fail.into(),
+            kind,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_pass_is_retried_and_reported_but_not_forever() {
+        let u = sync_retrying(&flaky(2, io::ErrorKind::TimedOut))
+            .await
+            .unwrap();
+        assert_eq!(u.entries.len(), 1);
+        assert!(u.notes.iter().any(|n| n.starts_with(RETRY_NOTE)), "{u}");
+
+        let e = sync_retrying(&flaky(3, io::ErrorKind::TimedOut))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("3 passes failed in a row"), "{e}");
+
+        // A lost connection is final at once.
+        let lost = flaky(1, io::ErrorKind::BrokenPipe);
+        assert_eq!(
+            sync_retrying(&lost).await.unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
         );
     }
 
