@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use crate::provider::xen::directory as xen_directory;
+use crate::provider::xen::directory as xen_dir;
 use crate::sys;
 
 /// What [`diagnose`] found about one provider.
@@ -128,10 +128,10 @@ fn diagnose_xen() -> ProviderReport {
     let directory_ok = directory.is_ok();
     checks.push(check("trusted directory", directory));
     let mut peers_ok = false;
-    if let Some(peers) = std::env::var_os(xen_directory::PEERS_ENV) {
-        let peers = xen_directory::parse_peers(&peers.to_string_lossy()).and_then(|p| {
+    if let Some(peers) = std::env::var_os(xen_dir::PEERS_ENV) {
+        let peers = xen_dir::parse_peers(&peers.to_string_lossy()).and_then(|p| {
             if p.is_empty() {
-                return Err(format!("{} names no peer", xen_directory::PEERS_ENV));
+                return Err(format!("{} names no peer", xen_dir::PEERS_ENV));
             }
             let list: Vec<String> = p.iter().map(|(ip, d)| format!("{ip} -> dom{d}")).collect();
             Ok(format!(
@@ -141,7 +141,7 @@ fn diagnose_xen() -> ProviderReport {
             ))
         });
         peers_ok = peers.is_ok();
-        checks.push(check(xen_directory::PEERS_ENV, peers));
+        checks.push(check(xen_dir::PEERS_ENV, peers));
     }
     ProviderReport {
         provider: "xen",
@@ -172,7 +172,7 @@ fn xen_directory_status() -> Result<String, String> {
 
 async fn read_xen_directory() -> Result<String, String> {
     use crate::provider::xen::xenstore::{xs_errno, Tx, XenStore};
-    use xen_directory::{lookup, parse_entry_name, perms_trusted, DIRECTORY, PEERS_ENV};
+    use xen_dir::{lookup, parse_entry_name, perms_trusted, DIRECTORY, PEERS_ENV};
     let xs = XenStore::open()
         .map_err(|e| format!("XenStore: {e}"))?
         .with_timeout(Duration::from_secs(2));
@@ -358,7 +358,7 @@ pub async fn xen_directory(
     keep_current: bool,
     mut on_update: impl FnMut(&XenDirectoryUpdate),
 ) -> io::Result<()> {
-    xen_directory::run(keep_current, &mut |u| {
+    xen_dir::run(keep_current, &mut |u| {
         on_update(&XenDirectoryUpdate {
             entries: u.entries.iter().map(|(ip, d)| (*ip, d.get())).collect(),
             written: u.written.len(),
