@@ -88,29 +88,10 @@ impl Gntdev {
         max_pages: usize,
     ) -> io::Result<GrantMapping<A>> {
         check_page_count(refs.len(), max_pages)?;
-        let fd = self.fd.as_fd();
-        let index = sys::gntdev_map(fd, peer.get(), refs).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "xway: registering {} grants of domain {peer}: {e}",
-                    refs.len()
-                ),
-            )
-        })?;
         // Owned from here: dropped (releasing the refs) if the mapping fails.
-        let grants = Grants {
-            dev: self.clone(),
-            index,
-            pages: refs.len(),
-            peer,
-        };
-        let map = PageMapping::map(fd, index, refs.len(), A::WRITABLE).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("xway: mapping {} grants of domain {peer}: {e}", refs.len()),
-            )
-        })?;
+        let grants = self.register(peer, refs)?;
+        let map = PageMapping::map(self.fd.as_fd(), grants.index, refs.len(), A::WRITABLE)
+            .map_err(|e| mapping_error(e, refs.len(), peer))?;
         Ok(GrantMapping {
             map,
             grants,
@@ -153,30 +134,11 @@ impl Gntdev {
         ];
         let mut grants = Vec::with_capacity(3);
         for (pages, writable) in pieces.into_iter().filter(|(p, _)| !p.is_empty()) {
-            let fd = self.fd.as_fd();
-            let index = sys::gntdev_map(fd, peer.get(), &refs[pages.clone()]).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "xway: registering {} grants of domain {peer}: {e}",
-                        pages.len()
-                    ),
-                )
-            })?;
             // Owned from here: released if mapping fails (after `map` unmaps what it holds).
-            grants.push(Grants {
-                dev: self.clone(),
-                index,
-                pages: pages.len(),
-                peer,
-            });
-            map.map_fixed(pages.start, fd, index, pages.len(), writable)
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("xway: mapping {} grants of domain {peer}: {e}", pages.len()),
-                    )
-                })?;
+            grants.push(self.register(peer, &refs[pages.clone()])?);
+            let index = grants[grants.len() - 1].index;
+            map.map_fixed(pages.start, self.fd.as_fd(), index, pages.len(), writable)
+                .map_err(|e| mapping_error(e, pages.len(), peer))?;
         }
         Ok(PartlyReadOnly {
             map,
@@ -184,6 +146,34 @@ impl Gntdev {
             read_only: read_only.start * PAGE_SIZE..read_only.end * PAGE_SIZE,
         })
     }
+}
+
+impl Gntdev {
+    /// Registers `refs` of `peer` with the device, to be mapped at the returned grants' index.
+    fn register(&self, peer: DomId, refs: &[u32]) -> io::Result<Grants> {
+        let index = sys::gntdev_map(self.fd.as_fd(), peer.get(), refs).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "xway: registering {} grants of domain {peer}: {e}",
+                    refs.len()
+                ),
+            )
+        })?;
+        Ok(Grants {
+            dev: self.clone(),
+            index,
+            pages: refs.len(),
+            peer,
+        })
+    }
+}
+
+fn mapping_error(e: io::Error, pages: usize, peer: DomId) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("xway: mapping {pages} grants of domain {peer}: {e}"),
+    )
 }
 
 /// Refuses an offer of `n` pages outside `1..=max_pages` (and [`MAX_GRANT_PAGES`]) before the

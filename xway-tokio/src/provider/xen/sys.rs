@@ -391,6 +391,17 @@ unsafe impl Send for PageMapping {}
 // SAFETY: as for Send: no references into the mapping are handed out.
 unsafe impl Sync for PageMapping {}
 
+/// The protection and `mmap` offset of a shared device mapping.
+fn prot_and_offset(writable: bool, offset: u64) -> io::Result<(libc::c_int, libc::off_t)> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    Ok((prot, offset))
+}
+
 impl PageMapping {
     /// Maps `pages` pages at file offset `offset` of `fd`, shared, read-only or read-write.
     ///
@@ -405,12 +416,7 @@ impl PageMapping {
         check_count(pages)?;
         require_xen_pages()?;
         let len = pages * PAGE_SIZE;
-        let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
+        let (prot, offset) = prot_and_offset(writable, offset)?;
         // SAFETY: a fresh mapping placed by the kernel (addr NULL) cannot alias existing memory;
         // descriptor, length and offset are checked by the kernel.
         let ptr = unsafe {
@@ -478,12 +484,7 @@ impl PageMapping {
                 format!("pages {at}+{pages} outside a mapping of {} bytes", self.len),
             ));
         }
-        let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
+        let (prot, offset) = prot_and_offset(writable, offset)?;
         // SAFETY: the target range lies within this mapping (checked above), which this value
         // owns: MAP_FIXED can only replace our own pages. The caller builds the mapping before
         // anything reads or writes it (no Rust reference into it exists in any case).
