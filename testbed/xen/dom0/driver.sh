@@ -64,7 +64,7 @@ DIRECTORY=0
 [ "$FLAVOR" = xway ] && [ -x /lab/xway ] && DIRECTORY=1
 [ $DIRECTORY = 1 ] && REQUIRED="$REQUIRED
 dom0:xen-directory:published dom0:xen-directory:perms dom0:xen-directory:keeps-current
-dom0:xen-directory:follows-destroy dom0:xen-directory:running
+dom0:xen-directory:follows-destroy dom0:xen-directory:running dom0:xen-directory:follows-lifecycle
 client:directory:peer-entry client:directory:perms client:directory:no-forgery client:doctor:xen-usable
 "
 # Xen device layer self-test (guest/init.sh): round 1 A offers / B maps and exits; round 2 B offers /
@@ -192,6 +192,30 @@ dom0_after_create() {
   /lab/xway xen-directory > "$RES/xen-directory.log" 2>&1 &
   DIR_PID=$!
   directory_checks
+  directory_lifecycle
+}
+
+# A guest created and destroyed while the publisher runs (A and B existed before it started):
+# its entry must appear, then go.
+C_IP=192.0.2.13 E_C=/xway/directory/192-0-2-13
+directory_lifecycle() {
+  local i v="" created=0 gone=0 t0
+  mkcfg c idle $C_IP $SERVER_IP 0c
+  sed -i 's/^memory   = 256/memory   = 128/' /tmp/guest-c.cfg
+  create c
+  local d=$(xl domid xway-c)
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  for i in $(seq 120); do v=$(timeout 5 xenstore-read $E_C 2>/dev/null); [ "$v" = "$d" ] && { created=1; break; }; sleep 0.25; done
+  local t_up=$(awk -v a=$t0 -v b=$(cut -d' ' -f1 /proc/uptime) 'BEGIN{printf "%.1f", b-a}')
+  timeout 120 xl destroy xway-c > "$RES/xl-destroy-c.out" 2>&1 || ts "xl destroy xway-c failed: $(cat "$RES/xl-destroy-c.out")"
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  for i in $(seq 120); do timeout 5 xenstore-read $E_C >/dev/null 2>&1 || { gone=1; break; }; sleep 0.25; done
+  local t_down=$(awk -v a=$t0 -v b=$(cut -d' ' -f1 /proc/uptime) 'BEGIN{printf "%.1f", b-a}')
+  if [ $created = 1 ] && [ $gone = 1 ]; then
+    dtest xen-directory:follows-lifecycle PASS "xway-c (dom$d, $C_IP) created: $E_C = $v within ${t_up}s; destroyed: entry gone within ${t_down}s"
+  else
+    dtest xen-directory:follows-lifecycle FAIL "xway-c (dom$d): entry appeared=$created ('$v' after ${t_up}s), removed after destroy=$gone (${t_down}s); $(timeout 5 xenstore-ls -p /xway 2>&1 | tr -s ' ' | tr '\n' ';')"
+  fi
 }
 
 # The directory as dom0's tools see it: both guests' entries, permissions r0 on the directory node

@@ -18,6 +18,8 @@ R=$xway_role
 echo "XWAY-INFO $R guest up: kernel $(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s"
 for m in xen-evtchn xen-gntdev xen-gntalloc xen-netfront; do insmod /lib/modules/$m.ko || echo "XWAY-INFO $R insmod $m failed"; done
 for i in $(seq 50); do [ -c /dev/xen/gntalloc ] && [ -c /dev/xen/gntdev ] && [ -c /dev/xen/evtchn ] && break; sleep 0.1; done
+# Role idle (guest C): exists only so that dom0 can watch its directory entry come and go.
+if [ "$R" = idle ]; then echo "XWAY-INFO $R idle until destroyed"; while :; do sleep 1000; done; fi
 ip link set lo up
 for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
 ip addr add "$xway_ip" dev eth0 && ip link set eth0 up || echo "XWAY-INFO $R eth0 setup failed"
