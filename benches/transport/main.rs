@@ -18,6 +18,7 @@
 //! | `XWAY_BENCH_REPS=N` | `--reps N` | repetitions (default 3, quick 1) |
 //! | `XWAY_BENCH_PIN=none\|same\|apart` | `--pin P` | placement of both processes for all figures (default `none`): `same` pins both to the first allowed CPU, `apart` the client to the first and the server to the second |
 //! | `XWAY_BENCH_ONLY=a,b` | `--only a,b` | figure groups: `pp`, `pp-same`, `bulk`, `setup`, `conc`, `idle` |
+//! | `XWAY_BENCH_RING_SIZE=N` | | ring bytes per direction for the xway clients (default: the library's default); for experiments, the targets assume the default |
 //!
 //! `cargo bench` passes `--bench` to the binary; without it (`cargo test --all-targets`) the
 //! binary only prints how to run it. To run the built binary by hand, pass `--bench` or set
