@@ -46,13 +46,22 @@ killed_job() {
   st=/tmp/killed.state; rm -f $st
   "$T" killed-server --listen 0.0.0.0:$((xway_port+2)) --bytes 32768 --state $st --deadline 400 \
     --role "$R" > /tmp/killed.out 2>&1 &
-  pid=$! wrote=0 alive=0
-  for i in $(seq 4000); do
+  pid=$! wrote=0 alive=0 accepted=0
+  # Up to 300 s for guest B to connect, then 60 s for the writes (32 KiB fit in any ring).
+  for i in $(seq 3600); do
     grep -q '^done' $st 2>/dev/null && { wrote=1; break; }
     kill -0 $pid 2>/dev/null || break
+    [ -f $st ] && [ $accepted = 0 ] && accepted=$i
+    [ $accepted != 0 ] && [ $((i - accepted)) -gt 600 ] && break
     sleep 0.1
   done
   kill -0 $pid 2>/dev/null && alive=1
+  if [ $wrote = 0 ] && [ $alive = 1 ]; then
+    # Stuck: where each of its threads waits, and the kernel's xenwatch thread (watch delivery).
+    echo "XWAY-INFO $R killed: stuck at '$(cat $st 2>/dev/null)'; threads' wait channels:$(for t in /proc/$pid/task/*; do echo -n " $(cat $t/comm 2>/dev/null)=$(cat $t/wchan 2>/dev/null)"; done)"
+    for t in /proc/$pid/task/*; do echo "XWAY-INFO $R killed: stack of $t: $(tr '\n' '|' < $t/stack 2>/dev/null)"; done
+    for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = xenwatch ] && echo "XWAY-INFO $R killed: xenwatch wchan=$(cat $p/wchan 2>/dev/null) stack: $(tr '\n' '|' < $p/stack 2>/dev/null)"; done
+  fi
   kill -9 $pid 2>/dev/null; wait $pid; rc=$?
   cat /tmp/killed.out
   if [ $wrote = 1 ] && [ $alive = 1 ] && [ $rc = 137 ]; then
