@@ -596,9 +596,9 @@ fn take_spare(layout: Layout) -> Option<Spare> {
 
 /// Creates at most one spare ring, if this process used one since the last refill.
 ///
-/// A client calls this once its listener claimed the offer, while the verdict travels, so the
-/// next connection's memfd, page allocations and doorbell pair cost (almost) nothing on its
-/// critical path. Only a process whose listeners claim its offers builds spares. A process
+/// A client calls this while it waits for its verdict (see `setup::verdict_without_sleeping`),
+/// so that the next connection's memfd, page allocations and doorbell pair cost nothing on its
+/// critical path; only a process whose listeners claim its offers builds spares. A process
 /// that never offers a local ring never creates one; one that stops connecting closes its
 /// spares after [`SPARE_IDLE`].
 pub(crate) fn prepare_spare_ring() {
