@@ -580,17 +580,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// advertisement is dropped. Without a directory the set stays empty (configured peers still
 /// count); failures are logged, not errors: they only cost those guests the ring.
 async fn follow_directory(xs: &XenStore, guests: &Arc<Mutex<HashSet<IpAddr>>>) {
-    async fn list(xs: &XenStore) -> HashSet<IpAddr> {
+    /// The directory's entries; `None` if it could not be read (the caller keeps what it had:
+    /// a slow xenstored must not make every guest look foreign).
+    async fn list(xs: &XenStore) -> Option<HashSet<IpAddr>> {
         match xs.directory(Tx::NONE, directory::DIRECTORY).await {
-            Ok(names) => names
-                .iter()
-                .filter_map(|n| directory::parse_entry_name(n))
-                .collect(),
+            Ok(names) => Some(
+                names
+                    .iter()
+                    .filter_map(|n| directory::parse_entry_name(n))
+                    .collect(),
+            ),
+            Err(e) if not_found_or_denied(&e) => Some(HashSet::new()),
             Err(e) => {
-                if !not_found_or_denied(&e) {
-                    tracing::debug!(error = %e, "xway: listing the xen directory failed");
-                }
-                HashSet::new()
+                tracing::debug!(error = %e, "xway: listing the xen directory failed; keeping the last list");
+                None
             }
         }
     }
@@ -601,7 +604,9 @@ async fn follow_directory(xs: &XenStore, guests: &Arc<Mutex<HashSet<IpAddr>>>) {
             None
         }
     };
-    *lock(guests) = list(xs).await;
+    if let Some(now) = list(xs).await {
+        *lock(guests) = now;
+    }
     let Some(mut watch) = watch.take() else {
         return;
     };
@@ -616,8 +621,9 @@ async fn follow_directory(xs: &XenStore, guests: &Arc<Mutex<HashSet<IpAddr>>>) {
             let Some(guests) = guests.upgrade() else {
                 return;
             };
-            let now = list(&xs).await;
-            *lock(&guests) = now;
+            if let Some(now) = list(&xs).await {
+                *lock(&guests) = now;
+            }
         }
     });
 }
