@@ -450,10 +450,41 @@ pub(crate) fn register_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::Asyn
         .map_err(|e| e.into_parts().1)
 }
 
+/// Fills `buf` from the kernel's CRNG without waiting: `WouldBlock` while it is not seeded
+/// yet. `getrandom()` would instead block the runtime thread until it is, which on a fresh VM
+/// without a hardware RNG can take minutes (seen in the Xen test bed).
+pub(crate) fn random_nonblocking(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe `rest`, private memory the kernel may write.
+        let n =
+            unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), libc::GRND_NONBLOCK) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn random_bytes_come_without_waiting_once_the_pool_is_seeded() {
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        random_nonblocking(&mut a).unwrap();
+        random_nonblocking(&mut b).unwrap();
+        assert_ne!(a, b);
+        random_nonblocking(&mut []).unwrap();
+    }
 
     #[test]
     fn cmsg_space_is_enough() {

@@ -211,8 +211,12 @@ fn source_ip(dst: SocketAddr) -> io::Result<std::net::IpAddr> {
 
 fn new_nonce() -> Result<[u8; 16], FallbackReason> {
     let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).map_err(|e| FallbackReason::SetupFailed {
-        error: format!("nonce: {e}"),
+    crate::sys::random_nonblocking(&mut nonce).map_err(|e| FallbackReason::SetupFailed {
+        error: if e.kind() == io::ErrorKind::WouldBlock {
+            "nonce: the kernel's random pool is not seeded yet (early boot)".into()
+        } else {
+            format!("nonce: {e}")
+        },
     })?;
     Ok(nonce)
 }
