@@ -637,3 +637,34 @@ pub(crate) fn prepare_spare_ring() {
 pub(crate) fn layout_for(order: u32) -> Layout {
     Layout::symmetric(order).expect("config clamps the ring order")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_spare_ring_is_sealed_to_its_layout_with_only_its_first_pages_allocated() {
+        let layout = Layout::symmetric(22).unwrap();
+        let spare = Spare::create(layout, true).unwrap();
+        sys::check_sealed_memfd(spare.memfd.as_fd(), layout.region_len()).unwrap();
+        assert!(sys::is_unix_dgram_socket(spare.server_bell.as_fd()));
+        let meta = std::fs::File::from(spare.memfd).metadata().unwrap();
+        // Three pages (the control page and the first page of each ring), not the rings (a
+        // system with huge pages for shared memory allocates more at once, still not all).
+        let allocated = meta.blocks() * 512;
+        assert!(allocated >= 3 * PAGE as u64, "{allocated} bytes allocated");
+        assert!(
+            allocated < layout.region_len() as u64,
+            "{allocated} bytes allocated"
+        );
+    }
+
+    #[test]
+    fn a_spare_ring_created_on_demand_allocates_nothing_yet() {
+        let layout = Layout::symmetric(16).unwrap();
+        let spare = Spare::create(layout, false).unwrap();
+        let meta = std::fs::File::from(spare.memfd).metadata().unwrap();
+        assert_eq!(meta.blocks(), 0);
+    }
+}
