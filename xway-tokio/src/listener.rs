@@ -6,8 +6,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 
@@ -25,7 +26,8 @@ use crate::XwayStream;
 /// xway clients on this host: for the local provider, an abstract Unix socket named after the
 /// bound address; in a Xen guest whose process can use XenStore, also a node under the guest's
 /// home with an inbox for other guests' offers (only [`XwayListener::bind`] and
-/// [`XwayListener::bind_with`] do this, since XenStore is asynchronous). Plain TCP clients see
+/// [`XwayListener::bind_with`] do this, since XenStore is asynchronous; if XenStore does not
+/// answer in time, a background task retries for about 1.5 minutes). Plain TCP clients see
 /// an ordinary listener: the server writes nothing to them and `accept` waits for nothing on
 /// their behalf.
 ///
@@ -49,7 +51,8 @@ use crate::XwayStream;
 pub struct XwayListener {
     tcp: TcpListener,
     advertisement: Option<Advertisement>,
-    xen: Option<Arc<XenAdvertisement>>,
+    /// The XenStore advertisement, once made (possibly after listening, by a retry task).
+    xen: Arc<OnceLock<Arc<XenAdvertisement>>>,
     /// Accepted connections whose xen offer is being read and mapped.
     pending: Mutex<Vec<PendingAccept>>,
     /// Why connections get TCP when there is no advertisement.
@@ -154,7 +157,7 @@ impl XwayListener {
         XwayListener {
             tcp: listener,
             advertisement,
-            xen: None,
+            xen: Arc::new(OnceLock::new()),
             pending: Mutex::new(Vec::new()),
             not_advertised,
             ring_required,
@@ -174,12 +177,25 @@ impl XwayListener {
         };
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
+        let local = socket.local_addr()?;
         let xen = match config.effective_mode() {
-            EffectiveMode::Ring { .. } => advertise_xen(socket.local_addr()?, config).await,
-            EffectiveMode::TcpByConfig | EffectiveMode::TcpByEnv => None,
+            EffectiveMode::Ring { .. } => advertise_xen(local, config).await,
+            EffectiveMode::TcpByConfig | EffectiveMode::TcpByEnv => Advertised::No,
         };
-        let mut listener = XwayListener::from_tcp_with(socket.listen(1024)?, config.clone());
-        listener.xen = xen;
+        let listener = XwayListener::from_tcp_with(socket.listen(1024)?, config.clone());
+        match xen {
+            Advertised::Yes(xen) => {
+                let _ = listener.xen.set(xen);
+            }
+            Advertised::No => {}
+            Advertised::Failed => {
+                tokio::spawn(retry_advertise_xen(
+                    local,
+                    config.clone(),
+                    Arc::downgrade(&listener.xen),
+                ));
+            }
+        }
         Ok(listener)
     }
 
@@ -208,7 +224,7 @@ impl XwayListener {
 
     /// True if xway clients on this host can find this listener and offer it a ring.
     pub fn is_advertised(&self) -> bool {
-        self.advertisement.is_some() || self.xen.is_some()
+        self.advertisement.is_some() || self.xen.get().is_some()
     }
 
     /// Accepts a connection, like [`TcpListener::accept`].
@@ -248,7 +264,7 @@ impl XwayListener {
                 Poll::Ready(done) => done,
                 Poll::Pending => {
                     let (tcp, peer) = ready!(self.tcp.poll_accept(cx))?;
-                    let accepted = if self.advertisement.is_none() && self.xen.is_none() {
+                    let accepted = if self.advertisement.is_none() && self.xen.get().is_none() {
                         Accepted::Now(XwayStream::from_tcp_with_reason(
                             tcp,
                             self.not_advertised.clone(),
@@ -257,7 +273,7 @@ impl XwayListener {
                         crate::setup::accept(
                             tcp,
                             self.advertisement.as_ref(),
-                            self.xen.as_ref(),
+                            self.xen.get(),
                             self.spin_budget,
                         )
                     };
@@ -321,20 +337,62 @@ impl XwayListener {
     }
 }
 
+/// What advertising in XenStore gave.
+enum Advertised {
+    Yes(Arc<XenAdvertisement>),
+    /// No XenStore here: nothing to advertise in.
+    No,
+    /// XenStore is there but did not cooperate (a timeout under load, say): retry later.
+    Failed,
+}
+
 /// Advertises a listener in XenStore, where there is one; failing is logged, not an error.
-async fn advertise_xen(local: SocketAddr, config: &XwayConfig) -> Option<Arc<XenAdvertisement>> {
+async fn advertise_xen(local: SocketAddr, config: &XwayConfig) -> Advertised {
     match XenAdvertisement::bind(local, config).await {
         Ok(Some(xen)) => {
             tracing::debug!(node = xen.node(), "xway: listener advertised in XenStore");
-            Some(Arc::new(xen))
+            Advertised::Yes(Arc::new(xen))
         }
-        Ok(None) => None,
+        Ok(None) => Advertised::No,
         Err(e) => {
-            tracing::warn!(error = %e, "xway: listener could not advertise in XenStore; other guests get plain TCP");
-            None
+            tracing::warn!(error = %e, "xway: listener could not advertise in XenStore yet; other guests get plain TCP until a retry succeeds");
+            Advertised::Failed
         }
     }
 }
+
+/// Retries a failed XenStore advertisement in the background (a transient failure must not
+/// cost a long-lived listener the ring for its whole life), with growing pauses, until it
+/// succeeds, the listener is gone, or [`ADVERTISE_RETRIES`] attempts have failed.
+async fn retry_advertise_xen(
+    local: SocketAddr,
+    config: XwayConfig,
+    cell: std::sync::Weak<OnceLock<Arc<XenAdvertisement>>>,
+) {
+    let mut pause = Duration::from_millis(500);
+    for _ in 0..ADVERTISE_RETRIES {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+        if cell.strong_count() == 0 {
+            return;
+        }
+        match advertise_xen(local, &config).await {
+            Advertised::Yes(xen) => {
+                // If the listener went away meanwhile, dropping `xen` withdraws it again.
+                if let Some(cell) = cell.upgrade() {
+                    let _ = cell.set(xen);
+                }
+                return;
+            }
+            Advertised::No => return,
+            Advertised::Failed => {}
+        }
+    }
+    tracing::warn!(%local, "xway: giving up advertising the listener in XenStore");
+}
+
+/// Attempts after a failed XenStore advertisement (about 1.5 minutes in all).
+const ADVERTISE_RETRIES: usize = 12;
 
 impl AsFd for XwayListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -362,7 +420,7 @@ impl fmt::Debug for XwayListener {
         f.debug_struct("XwayListener")
             .field("local_addr", &self.local_addr().ok())
             .field("advertised", &self.advertisement.as_ref().map(|a| a.name()))
-            .field("xen", &self.xen.as_ref().map(|x| x.node()))
+            .field("xen", &self.xen.get().map(|x| x.node()))
             .finish()
     }
 }
