@@ -33,15 +33,9 @@ fn xen_selftest(args: &[String]) -> ExitCode {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(60);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("xway: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let checks = rt.block_on(xen_device_selftest(
         role,
@@ -74,15 +68,9 @@ fn xen_directory(args: &[String]) -> ExitCode {
         [a] if a == "--once" => true,
         _ => return usage(),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("xway: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = rt.block_on(xway_tokio::doctor::xen_directory(!once, |update| {
         println!("xway xen-directory: {update}");
@@ -124,4 +112,15 @@ fn main() -> ExitCode {
         }
         _ => usage(),
     }
+}
+
+/// A current-thread runtime for a subcommand, or the exit code after saying why not.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("xway: cannot start a runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
