@@ -348,29 +348,23 @@ impl OfferNode {
     /// Creates the node with its final permissions in one transaction (xenstore-perms.md 4t:
     /// it never exists with the inherited, world-writable ones). Retried on `EAGAIN`.
     async fn publish(&self, value: &[u8], perms: &[Perm]) -> Result<(), FallbackReason> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = async {
-                let tx = self.xs.transaction().await?;
-                self.xs.write(tx.id(), &self.path, value).await?;
-                self.xs.set_perms(tx.id(), &self.path, perms).await?;
-                tx.commit().await
+        let (xs, path) = (&self.xs, self.path.as_str());
+        let result = in_transaction(xs, |tx| async move {
+            xs.write(tx, path, value).await?;
+            xs.set_perms(tx, path, perms).await
+        })
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if xs_errno(&e) == Some(libc::EACCES) => {
+                // Another domain created the name first (squatting): DoS only, it cannot
+                // pass for us. Give up on the ring for this connection.
+                Err(setup_failed("offer node is held by another domain", e))
             }
-            .await;
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e) if xs_errno(&e) == Some(libc::EAGAIN) && attempt < 3 => continue,
-                Err(e) if xs_errno(&e) == Some(libc::EACCES) => {
-                    // Another domain created the name first (squatting): DoS only, it cannot
-                    // pass for us. Give up on the ring for this connection.
-                    return Err(setup_failed("offer node is held by another domain", e));
-                }
-                Err(e) if xs_errno(&e) == Some(libc::ENOSPC) => {
-                    return Err(setup_failed("the listener's inbox or our quota is full", e))
-                }
-                Err(e) => return Err(setup_failed("publishing the offer", e)),
+            Err(e) if xs_errno(&e) == Some(libc::ENOSPC) => {
+                Err(setup_failed("the listener's inbox or our quota is full", e))
             }
+            Err(e) => Err(setup_failed("publishing the offer", e)),
         }
     }
 
@@ -551,21 +545,38 @@ impl XenAdvertisement {
     /// The offer's value and permissions, read in one transaction so that both come from the
     /// same node (not from one that was removed and re-created in between).
     async fn read_offer(&self, path: &str) -> io::Result<(Vec<u8>, Vec<Perm>)> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = async {
-                let tx = self.xs.transaction().await?;
-                let value = self.xs.read(tx.id(), path).await?;
-                let perms = self.xs.get_perms(tx.id(), path).await?;
-                tx.commit().await?;
-                Ok((value, perms))
-            }
-            .await;
-            match result {
-                Err(e) if xs_errno(&e) == Some(libc::EAGAIN) && attempt < 3 => continue,
-                r => return r,
-            }
+        let xs = &self.xs;
+        in_transaction(xs, |tx| async move {
+            let value = xs.read(tx, path).await?;
+            Ok((value, xs.get_perms(tx, path).await?))
+        })
+        .await
+    }
+}
+
+/// Most times a transaction is tried when other writers keep interfering.
+const TRANSACTION_TRIES: usize = 3;
+
+/// Runs `body` in a transaction and commits it, again if another writer interfered (`EAGAIN`),
+/// at most [`TRANSACTION_TRIES`] times. An error of `body` aborts the transaction.
+async fn in_transaction<T, F, Fut>(xs: &XenStore, mut body: F) -> io::Result<T>
+where
+    F: FnMut(Tx) -> Fut,
+    Fut: std::future::Future<Output = io::Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = async {
+            let tx = xs.transaction().await?;
+            let value = body(tx.id()).await?;
+            tx.commit().await?;
+            Ok(value)
+        }
+        .await;
+        match result {
+            Err(e) if xs_errno(&e) == Some(libc::EAGAIN) && attempt < TRANSACTION_TRIES => {}
+            r => return r,
         }
     }
 }
