@@ -458,16 +458,15 @@ pub(crate) fn random_nonblocking(buf: &mut [u8]) -> io::Result<()> {
     while filled < buf.len() {
         let rest = &mut buf[filled..];
         // SAFETY: the pointer and length describe `rest`, private memory the kernel may write.
-        let n =
-            unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), libc::GRND_NONBLOCK) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match syscall!(getrandom(
+            rest.as_mut_ptr().cast(),
+            rest.len(),
+            libc::GRND_NONBLOCK
+        )) {
+            Ok(n) => filled += n as usize,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        filled += n as usize;
     }
     Ok(())
 }
