@@ -91,14 +91,14 @@ pub(crate) async fn connect_addr(addr: SocketAddr, config: &XwayConfig) -> io::R
         Ok(ring) => ring,
         Err(reason) => return tcp(stream, reason, required),
     };
-    match await_verdict(
-        &mut stream,
-        &ring.region,
-        &ring.nonce,
-        config.rendezvous_timeout(),
-    )
-    .await?
-    {
+    let verdict = match verdict_without_sleeping(&stream, &ring.region, &ring.nonce) {
+        Some(decided) => decided?,
+        None => {
+            let timeout = config.rendezvous_timeout();
+            await_verdict(&mut stream, &ring.region, &ring.nonce, timeout).await?
+        }
+    };
+    match verdict {
         None => {
             let activity = Activity::new(ring.region.clone(), Role::Client);
             let (tx, rx, doorbell) = ring.into_parts();
@@ -332,9 +332,6 @@ async fn await_verdict(
     nonce: &[u8; 16],
     timeout: Duration,
 ) -> io::Result<Option<FallbackReason>> {
-    if let Some(decided) = verdict_without_sleeping(tcp, region, nonce) {
-        return decided;
-    }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut limit = deadline;
     let mut claimed = false;
@@ -417,8 +414,10 @@ static LAST_CLAIM_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 /// How long a client polls the TCP connection for a verdict it knows is on its way.
 const VERDICT_POLL: Duration = Duration::from_micros(50);
 
-/// The fast path of [`await_verdict`]: `None` if the verdict is not decided after a short,
-/// bounded spin, and the caller waits for it as usual.
+/// The local provider's fast path before [`await_verdict`]: `None` if the verdict is not
+/// decided after a short, bounded spin, and the caller waits for it as usual. (Between Xen
+/// guests the listener's claim takes XenStore round trips, far longer than this spin; its
+/// process-wide budget and the local spare rings are the local provider's alone.)
 ///
 /// Waiting for the verdict the usual way costs a sleep and a cross-process wake-up. But a
 /// listener that is accepting decides within one wake-up of its own, and it writes the verdict
