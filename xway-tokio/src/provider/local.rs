@@ -22,7 +22,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::Doorbell;
 use crate::config::UidPolicy;
-use crate::ring::layout::{canonical, Header, Layout, CONTROL_LEN, HEADER_LEN, STATE_OFFSET};
+use crate::ring::layout::{canonical, Header, Layout, CONTROL_LEN, STATE_OFFSET};
 use crate::ring::{layout::state, Region};
 use crate::setup::wire::{Offer, OFFER_LEN};
 use crate::sys;
@@ -278,24 +278,14 @@ pub(crate) fn open_offer(received: ReceivedOffer) -> Opened {
         }
     };
     let region = Region::new(Arc::new(mapping));
-    let mut header = [0u8; HEADER_LEN];
-    region.read_bytes(0, crate::ring::as_uninit(&mut header));
     let expected = Header {
         layout: offer.layout,
         nonce: offer.nonce,
         client: offer.client,
         server: offer.server,
     };
-    match Header::decode(&header) {
-        Ok(h) if h == expected => {}
-        Ok(_) => {
-            return decline(
-                region,
-                DeclineReason::InvalidRegion,
-                "region header does not match the offer",
-            )
-        }
-        Err(e) => return decline(region, DeclineReason::InvalidRegion, &e.to_string()),
+    if let Err(detail) = crate::ring::check_header(&region, &expected) {
+        return decline(region, DeclineReason::InvalidRegion, &detail);
     }
     if !sys::is_unix_dgram_socket(server_bell.as_fd()) {
         return decline(

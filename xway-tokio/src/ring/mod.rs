@@ -556,6 +556,19 @@ pub(crate) enum Role {
     Server,
 }
 
+/// Checks that `region` begins with exactly `expected`, from a private copy read once: what
+/// every provider's server checks before it uses a region the client wrote (invariant I3).
+/// The error says what is wrong.
+pub(crate) fn check_header(region: &Region, expected: &layout::Header) -> Result<(), String> {
+    let mut bytes = [0u8; layout::HEADER_LEN];
+    region.read_bytes(0, as_uninit(&mut bytes));
+    match layout::Header::decode(&bytes) {
+        Ok(found) if found == *expected => Ok(()),
+        Ok(_) => Err("region header does not match the offer and its connection".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// This process's producer and consumer over a region laid out as in [`layout`].
 pub(crate) fn endpoints(
     region: Region,

@@ -38,8 +38,8 @@ use super::gntdev::Gntdev;
 use super::xenstore::{xs_errno, Access, Perm, Tx, XenStore};
 use super::{DomId, PAGE_SIZE};
 use crate::config::XwayConfig;
-use crate::ring::layout::{state, Header, Layout, HEADER_LEN, MIN_ORDER, STATE_OFFSET};
-use crate::ring::{as_uninit, Region};
+use crate::ring::layout::{state, Header, Layout, MIN_ORDER, STATE_OFFSET};
+use crate::ring::{check_header, Region};
 use crate::setup::wire::DeclineReason;
 use crate::transport::FallbackReason;
 
@@ -503,8 +503,6 @@ impl XenAdvertisement {
             Err(e) => return Opened::Unusable(setup_failed("mapping the offered grants", e)),
         };
         let region = Region::new(Arc::new(map));
-        let mut header = [0u8; HEADER_LEN];
-        region.read_bytes(0, as_uninit(&mut header));
         let expected = Header {
             layout: offer.layout,
             nonce: offer.nonce,
@@ -517,15 +515,8 @@ impl XenAdvertisement {
             reason,
             detail,
         };
-        match Header::decode(&header) {
-            Ok(h) if h == expected => {}
-            Ok(_) => {
-                return decline(
-                    DeclineReason::InvalidRegion,
-                    "region header does not match the offer and connection".into(),
-                )
-            }
-            Err(e) => return decline(DeclineReason::InvalidRegion, e.to_string()),
+        if let Err(detail) = check_header(&region, &expected) {
+            return decline(DeclineReason::InvalidRegion, detail);
         }
         match EvtchnPort::bind_interdomain(owner, offer.port) {
             Ok(port) => Opened::Ready {
