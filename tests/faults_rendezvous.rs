@@ -142,11 +142,30 @@ fn squatter_role() {
 struct Squatter {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// The copy of this binary another user runs, removed with the squatter.
+    copy: Option<std::path::PathBuf>,
+}
+
+/// This test binary, copied where another user can run it: the checkout, and so cargo's
+/// target directory, may be private to its owner (a clone in a `mktemp -d` directory is 0700).
+fn exe_for_other_user() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("xway-squatter-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join("squatter");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    exe
 }
 
 impl Squatter {
     fn spawn(port: u16, uid: Option<u32>, claim: bool) -> Squatter {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        let copy = uid.map(|_| exe_for_other_user());
+        let exe = copy
+            .clone()
+            .unwrap_or_else(|| std::env::current_exe().unwrap());
+        let mut cmd = Command::new(exe);
         cmd.args([
             "--exact",
             "squatter_role",
@@ -159,7 +178,7 @@ impl Squatter {
             cmd.env("XWAY_SQUAT_CLAIM", "1");
         }
         if let Some(uid) = uid {
-            cmd.uid(uid).gid(uid);
+            cmd.uid(uid).gid(uid).current_dir("/");
         }
         let mut child = cmd.spawn().unwrap();
         let out = child.stdout.take().unwrap();
@@ -171,7 +190,7 @@ impl Squatter {
                 }
             }
         });
-        let mut s = Squatter { child, lines };
+        let mut s = Squatter { child, lines, copy };
         s.expect("READY");
         s
     }
@@ -194,6 +213,9 @@ impl Drop for Squatter {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = self.copy.as_ref().and_then(|exe| exe.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
