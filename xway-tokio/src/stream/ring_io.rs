@@ -137,6 +137,10 @@ impl RingIo {
         max_spin: Duration,
     ) -> RingIo {
         let fan_out = Arc::new(FanOut::default());
+        // A connection that was just set up is about to be used: say so, so that the peer's
+        // first wait for an answer spins instead of sleeping on a doorbell (the first exchange
+        // would otherwise cost two cross-CPU wake-ups). A side that then waits says otherwise.
+        activity.publish(true, sys::current_cpu());
         RingIo {
             tcp,
             tx: Mutex::new(tx),
@@ -147,7 +151,7 @@ impl RingIo {
             peer_dead: AtomicBool::new(false),
             failure: Mutex::new(None),
             activity,
-            running: AtomicBool::new(false),
+            running: AtomicBool::new(true),
             spinner: Spinner::new(max_spin),
             counters: Counters::default(),
         }
