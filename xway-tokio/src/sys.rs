@@ -335,6 +335,19 @@ pub(crate) fn current_cpu() -> u32 {
     u32::try_from(cpu).unwrap_or(u32::MAX)
 }
 
+/// True if `fd` polls writable (or failed, which a write would then report) right now.
+pub(crate) fn is_writable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call; a zero timeout never
+    // blocks.
+    let polled = syscall!(poll(&mut pfd, 1, 0));
+    matches!(polled, Ok(1)) && pfd.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0
+}
+
 /// Gives the CPU to another runnable thread, if any (`sched_yield`).
 pub(crate) fn yield_cpu() {
     // SAFETY: sched_yield has no preconditions; it cannot fail on Linux.

@@ -401,12 +401,18 @@ impl ClientRing {
         };
         let Spare {
             memfd,
+            region,
             client_bell,
             server_bell,
             ..
         } = spare;
-        let len = header.layout.region_len();
-        let region = Region::new(Arc::new(sys::Mapping::map_sealed(memfd.as_fd(), len)?));
+        let region = match region {
+            Some(region) => region,
+            None => {
+                let len = header.layout.region_len();
+                Region::new(Arc::new(sys::Mapping::map_sealed(memfd.as_fd(), len)?))
+            }
+        };
         region.write_bytes(0, &header.encode());
         region.store(
             STATE_OFFSET,
@@ -445,37 +451,52 @@ impl ClientRing {
 // ---- spare rings -----------------------------------------------------------------------------
 
 /// Most spare rings a process keeps. Each holds three descriptors (the memfd and both doorbell
-/// ends) and 12 KiB of memory (the three pages the first exchange touches).
+/// ends), a mapping of the ring's size (address space only) and 12 KiB of memory (the three
+/// pages the first exchange touches).
 const MAX_SPARES: usize = 4;
 
 /// A ring that no other process has ever seen: a sealed memfd whose first pages are already
-/// allocated, and a fresh doorbell pair.
+/// allocated (and, for a prepared spare, mapped), and a fresh doorbell pair.
 ///
 /// A spare is used for one offer only: once its memfd has been sent, the listener keeps it
-/// mapped, so it is never pooled again. It holds no mapping: the connection maps it when it
-/// takes it, so an unused spare is three descriptors and 12 KiB.
+/// mapped, so it is never pooled again.
 #[derive(Debug)]
 struct Spare {
     layout: Layout,
     memfd: OwnedFd,
+    /// The client's mapping, with the pages of the first exchange already faulted in.
+    region: Option<Region>,
     client_bell: OwnedFd,
     server_bell: OwnedFd,
 }
 
 impl Spare {
-    fn create(layout: Layout, preallocate: bool) -> io::Result<Spare> {
+    /// `prepare`: also allocate, map and touch what the first exchange uses, so that none of
+    /// it is on the next connect's critical path (a connect that finds no spare skips this).
+    fn create(layout: Layout, prepare: bool) -> io::Result<Spare> {
         let memfd = sys::memfd_sealed(layout.region_len())?;
-        if preallocate {
+        let region = if prepare {
             // Allocating (and zeroing) a page of shared memory at its first touch costs
             // microseconds; the first exchange touches the control page and the first page of
-            // each ring, on both sides. Allocated here, those touches are minor faults.
+            // each ring, on both sides. Allocated here, those touches are minor faults, and
+            // touched here through our mapping, not even that on this side.
             sys::memfd_allocate(memfd.as_fd(), 0, CONTROL_LEN + PAGE)?;
             sys::memfd_allocate(memfd.as_fd(), layout.s2c_data(), PAGE)?;
-        }
+            let mapping = sys::Mapping::map_sealed(memfd.as_fd(), layout.region_len())?;
+            let region = Region::new(Arc::new(mapping));
+            // Nobody else has this memfd yet: these writes of zeros change nothing.
+            region.write_bytes(0, &[0]);
+            region.write_bytes(layout.c2s_data(), &[0]);
+            region.read_bytes(layout.s2c_data(), &mut [std::mem::MaybeUninit::uninit()]);
+            Some(region)
+        } else {
+            None
+        };
         let (client_bell, server_bell) = sys::doorbell_pair()?;
         Ok(Spare {
             layout,
             memfd,
+            region,
             client_bell,
             server_bell,
         })
@@ -502,8 +523,8 @@ struct Spares {
     reaper: bool,
 }
 
-/// Spares nobody asked for during this long are closed: a process that stopped connecting
-/// holds no descriptors for them.
+/// Spares nobody asked for during this long are closed, and so are the rendezvous sockets
+/// still open: a process that stopped connecting holds no descriptors for either.
 const SPARE_IDLE: Duration = Duration::from_secs(1);
 
 static SPARES: Mutex<Spares> = Mutex::new(Spares {
@@ -545,6 +566,7 @@ async fn reap_idle_spares() {
             spares.wanted = 0;
             drop(spares);
             drop(idle);
+            close_rendezvous_sockets(Which::All);
             return;
         }
     }
@@ -567,10 +589,26 @@ fn close_later(fd: OwnedFd) {
     later.push(fd);
 }
 
-/// Closes the rendezvous sockets of offers sent so far. A client calls this once its listener
-/// claimed the offer (it has received it then), or once it stops waiting for that.
-pub(crate) fn close_rendezvous_sockets() {
-    let closing = std::mem::take(&mut *CLOSE_LATER.lock().unwrap_or_else(|e| e.into_inner()));
+/// Which rendezvous sockets [`close_rendezvous_sockets`] closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    /// All but the newest: a client calls this while its own offer (the newest) may still be
+    /// in flight, and the earlier ones have been taken (or given up on) by then.
+    Earlier,
+    /// All of them: a client that stops waiting for its claim, and the idle reaper.
+    All,
+}
+
+/// Closes rendezvous sockets of offers sent so far (see [`Which`]). The newest one stays open
+/// until the next connect, or until the process stops connecting (the spare reaper).
+pub(crate) fn close_rendezvous_sockets(which: Which) {
+    let closing = {
+        let mut later = CLOSE_LATER.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = usize::from(which == Which::Earlier).min(later.len());
+        let split = later.len() - keep;
+        let newest = later.split_off(split);
+        std::mem::replace(&mut *later, newest)
+    };
     drop(closing);
 }
 

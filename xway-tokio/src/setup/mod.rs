@@ -75,18 +75,31 @@ pub(crate) async fn connect_addr(addr: SocketAddr, config: &XwayConfig) -> io::R
         Ok(None) => return connect_xen(addr, config, required).await,
         Err(reason) => return tcp(TcpStream::connect(addr).await?, reason, required),
     };
-    let socket = new_socket(addr)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
     // The listener is on this host, so the destination is one of our addresses: binding to it
     // fixes the source address and port, and the offer can name the exact 4-tuple.
-    if let Err(e) = socket.bind(SocketAddr::new(addr.ip(), 0)) {
-        let reason = FallbackReason::SetupFailed {
-            error: format!("binding the client socket: {e}"),
-        };
-        return tcp(TcpStream::connect(addr).await?, reason, required);
-    }
-    let client = canonical(socket.local_addr()?);
+    let bound = socket
+        .bind(&SocketAddr::new(addr.ip(), 0).into())
+        .and_then(|()| socket.local_addr())
+        .and_then(|a| {
+            a.as_socket()
+                .ok_or_else(|| io::Error::other("not an IP address"))
+        });
+    let client = match bound {
+        Ok(client) => canonical(client),
+        Err(e) => {
+            let reason = FallbackReason::SetupFailed {
+                error: format!("binding the client socket: {e}"),
+            };
+            return tcp(TcpStream::connect(addr).await?, reason, required);
+        }
+    };
     let offered = offer_ring(client, addr, config, rendezvous);
-    let mut stream = socket.connect(addr).await?;
+    let mut stream = connect_on_host(socket, addr).await?;
     let ring = match offered {
         Ok(ring) => ring,
         Err(reason) => return tcp(stream, reason, required),
@@ -186,6 +199,27 @@ async fn connect_xen(
             Ok(XwayStream::from_ring(io, Provider::Xen))
         }
         Some(reason) => tcp(stream, reason, required),
+    }
+}
+
+/// Connects a socket to a listener on this host. The loopback handshake completes inside the
+/// `connect` call, so the socket is usually writable at once: it is then handed to tokio without
+/// the reactor round trip (a yield and an `epoll_wait`) that tokio's `connect` takes to learn
+/// that. Otherwise this waits like tokio's `connect`.
+async fn connect_on_host(socket: socket2::Socket, addr: SocketAddr) -> io::Result<TcpStream> {
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let done = crate::sys::is_writable_now(std::os::fd::AsFd::as_fd(&socket));
+    let stream = TcpStream::from_std(socket.into())?;
+    if !done {
+        stream.writable().await?;
+    }
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
     }
 }
 
@@ -421,13 +455,14 @@ const VERDICT_POLL: Duration = Duration::from_micros(50);
 ///
 /// Waiting for the verdict the usual way costs a sleep and a cross-process wake-up. But a
 /// listener that is accepting decides within one wake-up of its own, and it writes the verdict
-/// right after its compare-and-swap on the setup state. So the client
-/// 1. says it is running (its activity word), so that the server's first read spins instead of
-///    sleeping when the client's first bytes are about to come;
-/// 2. prepares the next connection's spare ring (the local provider's pool) while the listener
-///    wakes up, if its last offer was claimed, else once this one is, while the verdict travels;
-/// 3. yield-spins on the setup state until it leaves `OFFERED` (see [`spin_for_claim`]);
-/// 4. then reads the verdict from the TCP connection without going through the reactor. The
+/// right after its compare-and-swap on the setup state. So the client, while the listener
+/// wakes up,
+/// 1. closes the rendezvous sockets of its earlier connects (their offers have been taken,
+///    so closing them is cheap now; see `local::close_rendezvous_sockets`) and prepares the
+///    next connection's spare ring (the local provider's pool), if its last offer was claimed
+///    (else once this one is, while the verdict travels);
+/// 2. yield-spins on the setup state until it leaves `OFFERED` (see [`spin_for_claim`]);
+/// 3. then reads the verdict from the TCP connection without going through the reactor. The
 ///    verdict is still what decides (it authenticates the server, invariant I3); the state
 ///    word only says when to look.
 fn verdict_without_sleeping(
@@ -435,27 +470,22 @@ fn verdict_without_sleeping(
     region: &Region,
     nonce: &[u8; 16],
 ) -> Option<io::Result<Option<FallbackReason>>> {
-    let activity = Activity::new(region.clone(), Role::Client);
-    activity.publish(true, crate::sys::current_cpu());
-    // The listener is waking up: build the next spare meanwhile, if the last offer was claimed
-    // (so that a process whose listeners never claim builds none). Otherwise build it once
-    // this offer is claimed, while the verdict travels.
+    local::close_rendezvous_sockets(local::Which::Earlier);
+    // Build a spare only in a process whose listeners claim its offers.
     let built = LAST_CLAIM_SEEN.load(std::sync::atomic::Ordering::Relaxed);
     if built {
         local::prepare_spare_ring();
     }
     let claimed = spin_for_claim(region);
     LAST_CLAIM_SEEN.store(claimed, std::sync::atomic::Ordering::Relaxed);
-    local::close_rendezvous_sockets();
-    if claimed && !built {
+    if !claimed {
+        local::close_rendezvous_sockets(local::Which::All);
+        return None;
+    }
+    if !built {
         local::prepare_spare_ring();
     }
-    let decided = claimed.then(|| read_verdict_now(tcp, nonce)).flatten();
-    if decided.is_none() {
-        // The slow path sleeps: keep the hint honest.
-        activity.publish(false, crate::sys::current_cpu());
-    }
-    decided
+    read_verdict_now(tcp, nonce)
 }
 
 /// Yield-spins until the setup state leaves `OFFERED`; true if it did.
