@@ -56,26 +56,31 @@ async fn squatter_that_reads_offers_never_receives_application_data() {
     .unwrap();
     let reader = std::thread::spawn(move || {
         let (mut conn, _) = squatter.accept().unwrap();
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut conn, &mut buf).unwrap();
-        buf.len()
+        let mut offer = [0u8; 96];
+        std::io::Read::read_exact(&mut conn, &mut offer).unwrap();
+        conn
     });
     let config = XwayConfig::builder()
         .rendezvous_timeout(Duration::from_millis(100))
         .build();
     let mut stream = XwayStream::connect_with(addr, &config).await.unwrap();
     assert!(!stream.transport().is_ring(), "{}", stream.transport());
-    assert_eq!(
-        reader.join().unwrap(),
-        96,
-        "the squatter saw only the offer"
-    );
+    // The client keeps its rendezvous connection for later offers: the squatter has the
+    // offer's 96 bytes and, once the application exchanged its data, nothing more.
+    let mut conn = reader.join().unwrap();
     stream.write_all(b"secret").await.unwrap();
     stream.shutdown().await.unwrap();
     let mut back = Vec::new();
     stream.read_to_end(&mut back).await.unwrap();
     assert_eq!(back, b"secret");
     assert_eq!(server.await.unwrap(), b"secret");
+    conn.set_nonblocking(true).unwrap();
+    let mut more = [0u8; 64];
+    match std::io::Read::read(&mut conn, &mut more) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok(0) => {}
+        other => panic!("the squatter received more than the offer: {other:?}"),
+    }
 }
 
 #[tokio::test]

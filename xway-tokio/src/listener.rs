@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, ToSocketAddrs};
 
 use crate::config::{EffectiveMode, XwayConfig};
 use crate::provider::local::Advertisement;
@@ -263,7 +263,19 @@ impl XwayListener {
             let (stream, peer) = match self.poll_pending(cx) {
                 Poll::Ready(done) => done,
                 Poll::Pending => {
-                    let (tcp, peer) = ready!(self.tcp.poll_accept(cx))?;
+                    // Offers are opened as they arrive, while their clients' SYNs are on the
+                    // way; this also registers `cx` for the next ones.
+                    let offered = self
+                        .advertisement
+                        .as_ref()
+                        .is_some_and(|a| a.poll_offers(cx));
+                    // A client sends its SYN right after its offer: its connection is
+                    // probably queued already, though tokio has not heard of it yet.
+                    let now = if offered { self.accept_now()? } else { None };
+                    let (tcp, peer) = match now {
+                        Some(accepted) => accepted,
+                        None => ready!(self.tcp.poll_accept(cx))?,
+                    };
                     let accepted = if self.advertisement.is_none() && self.xen.get().is_none() {
                         Accepted::Now(XwayStream::from_tcp_with_reason(
                             tcp,
@@ -292,6 +304,21 @@ impl XwayListener {
             }
             return Poll::Ready(Ok((stream, peer)));
         }
+    }
+
+    /// Accepts a queued connection without waiting for tokio to report one; `None` if there is
+    /// none yet.
+    fn accept_now(&self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        let (socket, peer) = match socket2::SockRef::from(&self.tcp).accept() {
+            Ok(accepted) => accepted,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        socket.set_nonblocking(true)?;
+        let peer = peer
+            .as_socket()
+            .ok_or_else(|| io::Error::other("accepted a connection that is not TCP/IP"))?;
+        Ok(Some((TcpStream::from_std(socket.into())?, peer)))
     }
 
     /// Polls the connections whose setup is still running; the first one done, if any.

@@ -450,6 +450,54 @@ pub(crate) fn recv_with_fds(
     Ok((n, fds))
 }
 
+/// A private epoll set (close-on-exec), for a listener that watches many rendezvous
+/// connections through one descriptor registered with tokio.
+pub(crate) fn epoll_set() -> io::Result<OwnedFd> {
+    // SAFETY: no pointers.
+    Ok(owned(syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?))
+}
+
+/// Adds `fd` to the epoll set `ep`, level-triggered, for input and hang-up, tagged `token`.
+/// Closing `fd` (its only descriptor) removes it again.
+pub(crate) fn epoll_watch(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+        u64: token,
+    };
+    // SAFETY: `event` is a valid epoll_event for the duration of the call.
+    syscall!(epoll_ctl(
+        ep.as_raw_fd(),
+        libc::EPOLL_CTL_ADD,
+        fd.as_raw_fd(),
+        &mut event
+    ))
+    .map(drop)
+}
+
+/// The tokens of the descriptors in `ep` that are ready now, at most `tokens.len()` of them;
+/// never waits.
+pub(crate) fn epoll_ready(ep: BorrowedFd<'_>, tokens: &mut [u64]) -> io::Result<usize> {
+    const MAX: usize = 32;
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX];
+    let max = tokens.len().min(MAX);
+    // SAFETY: `events` has room for `max` entries; a zero timeout never blocks.
+    let n = loop {
+        match syscall!(epoll_wait(
+            ep.as_raw_fd(),
+            events.as_mut_ptr(),
+            max as i32,
+            0
+        )) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other? as usize,
+        }
+    };
+    for (token, event) in tokens.iter_mut().zip(&events[..n]) {
+        *token = event.u64;
+    }
+    Ok(n)
+}
+
 /// Registers a descriptor this process owns with the current tokio reactor for readability.
 ///
 /// # Panics

@@ -7,13 +7,15 @@
 //!   `xway/1/<ip>/<port>` (abstract names live in the network namespace, like the TCP port).
 //!   A client connecting to `ip:port` looks for that name, checks the listener's user with
 //!   `SO_PEERCRED`, and sends its offer with the memfd and the server's doorbell end (`SCM_RIGHTS`)
-//!   *before* its TCP SYN. When the server accepts the TCP connection, the offer is therefore
-//!   already queued on the rendezvous socket; the server drains it without waiting.
+//!   *before* its TCP SYN. It keeps that rendezvous connection for its next connects (until it
+//!   makes no offer for a second). The listener watches every rendezvous connection and opens
+//!   each offer (checks, maps, registers the doorbell) as it arrives, while the client's TCP
+//!   handshake is under way; when it accepts the TCP connection, it only looks the offer up.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -33,8 +35,6 @@ const OFFER_TTL: Duration = Duration::from_secs(10);
 /// At most this many offers (2 descriptors each) wait for their TCP connection; the oldest go
 /// first. Bounds what a flood of offers can cost the listener.
 const MAX_PENDING_OFFERS: usize = 256;
-/// At most this many rendezvous connections wait for their offer bytes.
-const MAX_PENDING_CONNS: usize = 64;
 
 /// The rendezvous name of a listener bound to `addr`.
 fn rendezvous_name(ip: IpAddr, port: u16) -> Vec<u8> {
@@ -84,42 +84,67 @@ impl Doorbell for SocketDoorbell {
 
 // ---- listener side ---------------------------------------------------------------------------
 
-/// An offer received on the rendezvous socket, waiting for its TCP connection.
+/// An offer that arrived on a rendezvous connection, already opened (validated and mapped),
+/// waiting for its TCP connection.
 #[derive(Debug)]
-pub(crate) struct ReceivedOffer {
+pub(crate) struct Prepared {
     pub(crate) offer: Offer,
-    fds: Vec<OwnedFd>,
+    pub(crate) opened: Opened,
     received: Instant,
+}
+
+/// A client process's rendezvous connection: it stays open and carries one offer per connect.
+#[derive(Debug)]
+struct Channel {
+    fd: OwnedFd,
+    last_used: Instant,
 }
 
 #[derive(Debug, Default)]
 struct Pending {
-    /// Rendezvous connections whose offer has not arrived (yet).
-    conns: Vec<(OwnedFd, Instant)>,
+    /// Open rendezvous connections, by their descriptor number (their token in the epoll set).
+    channels: HashMap<u64, Channel>,
     /// Offers by (client, server) address as each side sees them, canonicalised.
-    offers: HashMap<(SocketAddr, SocketAddr), ReceivedOffer>,
+    offers: HashMap<(SocketAddr, SocketAddr), Prepared>,
 }
 
+/// The token of the listening socket in the epoll set (descriptor numbers are smaller).
+const LISTENING: u64 = u64::MAX;
+
 /// A listener's advertisement: the abstract socket clients send offers to.
+///
+/// Clients keep their rendezvous connection open and send one offer per connect, before the
+/// SYN. The listener watches the listening socket and every connection through one epoll set
+/// registered with tokio, so that the task accepting connections is woken when an offer
+/// arrives: it validates and maps the offer then, while the client's TCP handshake is under
+/// way, and at accept time only looks it up.
 #[derive(Debug)]
 pub(crate) struct Advertisement {
     socket: OwnedFd,
+    watch: AsyncFd<OwnedFd>,
     name: String,
     uid_policy: UidPolicy,
     pending: Mutex<Pending>,
+    /// Offers received so far (for [`Advertisement::poll_offers`]'s answer).
+    offers_received: std::sync::atomic::AtomicU64,
 }
 
 impl Advertisement {
     /// Advertises a listener bound to `local`. Fails with `AddrInUse` if another process holds
     /// the name (another listener on the same address with `SO_REUSEPORT`, or a squatter).
+    /// Must be called within a tokio runtime.
     pub(crate) fn bind(local: SocketAddr, uid_policy: UidPolicy) -> io::Result<Advertisement> {
         let name = rendezvous_name(local.ip(), local.port());
         let socket = sys::listen_abstract(&name)?;
+        let watch = sys::epoll_set()?;
+        sys::epoll_watch(watch.as_fd(), socket.as_fd(), LISTENING)?;
         Ok(Advertisement {
             socket,
+            watch: sys::register_readable(watch)?,
             name: String::from_utf8_lossy(&name).into_owned(),
             uid_policy,
             pending: Mutex::new(Pending::default()),
+            offers_received: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -128,108 +153,228 @@ impl Advertisement {
         &self.name
     }
 
-    /// Takes the offer made for the TCP connection `client -> server`, if any. Never blocks:
-    /// an offer is sent before its TCP SYN, so when the connection is accepted the offer is
-    /// already queued.
-    pub(crate) fn take_offer(
-        &self,
-        client: SocketAddr,
-        server: SocketAddr,
-        now: Instant,
-    ) -> Option<ReceivedOffer> {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        self.drain(&mut pending, now);
-        pending
-            .offers
-            .remove(&(canonical(client), canonical(server)))
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Every update leaves the maps consistent, so a panic elsewhere cannot poison them.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn drain(&self, p: &mut Pending, now: Instant) {
-        let own_uid = sys::current_uid();
-        loop {
-            match sys::accept_nonblocking(self.socket.as_fd()) {
-                Ok(conn) => match sys::peer_cred(conn.as_fd()) {
-                    Ok(cred) if self.uid_policy.allows(cred.uid, own_uid) => {
-                        if p.conns.len() >= MAX_PENDING_CONNS {
-                            p.conns.remove(0);
-                        }
-                        p.conns.push((conn, now));
-                    }
-                    Ok(cred) => {
-                        tracing::debug!(
-                            uid = cred.uid,
-                            pid = cred.pid,
-                            "xway: offer from a user the policy rejects, dropped"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "xway: SO_PEERCRED failed, offer dropped")
-                    }
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: the offer stays queued; its client falls back to
-                    // TCP at its deadline (invariant I5).
-                    tracing::debug!(error = %e, "xway: cannot accept rendezvous connection");
-                    break;
+    /// Receives and opens the offers that arrived since the last call, and registers `cx` to be
+    /// woken when more arrive; true if any arrived. Never blocks; problems only ever mean TCP
+    /// for their connection.
+    pub(crate) fn poll_offers(&self, cx: &mut Context<'_>) -> bool {
+        let before = self
+            .offers_received
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let arrived = || {
+            self.offers_received
+                .load(std::sync::atomic::Ordering::Relaxed)
+                != before
+        };
+        for _ in 0..MAX_ROUNDS {
+            let mut ready = match self.watch.poll_read_ready(cx) {
+                Poll::Ready(Ok(ready)) => ready,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "xway: polling the rendezvous failed");
+                    return arrived();
                 }
+                Poll::Pending => return arrived(),
+            };
+            if !self.receive(&mut self.lock(), Instant::now()) {
+                // Nothing left: clearing makes the next poll register `cx` (readiness that
+                // arrived meanwhile is kept by tokio).
+                ready.clear_ready();
             }
         }
-        let mut i = 0;
-        while i < p.conns.len() {
-            let mut buf = [0u8; OFFER_LEN + 1];
-            let done = match sys::recv_with_fds(p.conns[i].0.as_fd(), &mut buf) {
-                Ok((n, fds)) => {
-                    match Offer::decode(&buf[..n]) {
-                        Ok(offer) if fds.len() == 2 => {
-                            if p.offers.len() >= MAX_PENDING_OFFERS {
-                                evict_oldest(&mut p.offers);
-                            }
-                            let key = (canonical(offer.client), canonical(offer.server));
-                            // Two offers for one 4-tuple: one of them is not the TCP client's.
-                            // Neither is trusted; that connection gets plain TCP.
-                            if p.offers.remove(&key).is_some() {
-                                tracing::debug!(client = %key.0, "xway: conflicting offers for one connection, both dropped");
-                            } else {
-                                p.offers.insert(
-                                    key,
-                                    ReceivedOffer {
-                                        offer,
-                                        fds,
-                                        received: now,
-                                    },
-                                );
-                            }
-                        }
-                        Ok(_) => tracing::debug!(
-                            fds = fds.len(),
-                            "xway: offer with wrong descriptor count, dropped"
-                        ),
-                        Err(e) => tracing::debug!(error = %e, "xway: malformed offer, dropped"),
-                    }
-                    true
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    now.duration_since(p.conns[i].1) > OFFER_TTL
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "xway: rendezvous receive failed");
-                    true
-                }
-            };
-            if done {
-                p.conns.swap_remove(i);
-            } else {
-                i += 1;
+        // A flood of offers: come back after the other tasks had their turn.
+        cx.waker().wake_by_ref();
+        arrived()
+    }
+
+    /// Takes the offer made for the TCP connection `client -> server`, if any. Never blocks:
+    /// an offer is sent before its TCP SYN, so when the connection is accepted the offer has
+    /// arrived; if tokio has not told [`Advertisement::poll_offers`] yet, this receives it.
+    pub(crate) fn take_offer(&self, client: SocketAddr, server: SocketAddr) -> Option<Prepared> {
+        let key = (canonical(client), canonical(server));
+        let mut pending = self.lock();
+        if let Some(found) = pending.offers.remove(&key) {
+            return Some(found);
+        }
+        let now = Instant::now();
+        for _ in 0..MAX_ROUNDS {
+            if !self.receive(&mut pending, now) {
+                break;
             }
+        }
+        pending.offers.remove(&key)
+    }
+
+    /// One round of receiving: new connections, then the offers of the connections that have
+    /// some. True if there may be more.
+    fn receive(&self, p: &mut Pending, now: Instant) -> bool {
+        let mut tokens = [0u64; 32];
+        let n = match sys::epoll_ready(self.watch.get_ref().as_fd(), &mut tokens) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "xway: reading the rendezvous epoll set failed");
+                0
+            }
+        };
+        let mut more = n == tokens.len();
+        for &token in &tokens[..n] {
+            more |= if token == LISTENING {
+                self.accept_channels(p, now)
+            } else {
+                receive_offers(p, token, now, &self.offers_received)
+            };
         }
         p.offers
             .retain(|_, o| now.duration_since(o.received) <= OFFER_TTL);
+        more
+    }
+
+    /// Accepts new rendezvous connections (at most [`MAX_DRAIN`]); true if there may be more
+    /// to receive (a new connection's first offer is usually queued already).
+    fn accept_channels(&self, p: &mut Pending, now: Instant) -> bool {
+        let own_uid = sys::current_uid();
+        let mut accepted = false;
+        for _ in 0..MAX_DRAIN {
+            let conn = match sys::accept_nonblocking(self.socket.as_fd()) {
+                Ok(conn) => conn,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return accepted,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: the connection stays queued; its client falls
+                    // back to TCP at its deadline (invariant I5).
+                    tracing::debug!(error = %e, "xway: cannot accept rendezvous connection");
+                    return accepted;
+                }
+            };
+            match sys::peer_cred(conn.as_fd()) {
+                Ok(cred) if self.uid_policy.allows(cred.uid, own_uid) => {}
+                Ok(cred) => {
+                    tracing::debug!(
+                        uid = cred.uid,
+                        pid = cred.pid,
+                        "xway: rendezvous from a user the policy rejects, closed"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "xway: SO_PEERCRED failed, rendezvous closed");
+                    continue;
+                }
+            }
+            if p.channels.len() >= MAX_CHANNELS {
+                // The least recently used goes; its client reconnects on its next offer.
+                if let Some(oldest) = p.channels.iter().min_by_key(|(_, c)| c.last_used) {
+                    let oldest = *oldest.0;
+                    p.channels.remove(&oldest);
+                }
+            }
+            let token = conn.as_raw_fd() as u64;
+            match sys::epoll_watch(self.watch.get_ref().as_fd(), conn.as_fd(), token) {
+                Ok(()) => {
+                    accepted = true;
+                    p.channels.insert(
+                        token,
+                        Channel {
+                            fd: conn,
+                            last_used: now,
+                        },
+                    );
+                }
+                Err(e) => tracing::debug!(error = %e, "xway: cannot watch rendezvous connection"),
+            }
+        }
+        true
     }
 }
 
-fn evict_oldest(offers: &mut HashMap<(SocketAddr, SocketAddr), ReceivedOffer>) {
+/// Most rounds of receiving per poll; beyond, the task yields and comes back.
+const MAX_ROUNDS: usize = 4;
+/// At most this many client processes keep a rendezvous connection open at once.
+const MAX_CHANNELS: usize = 64;
+
+/// Receives the offers queued on one connection (at most [`MAX_DRAIN`]) and opens them; true
+/// if there may be more. The connection is closed at its end, and on anything that is not a
+/// well-formed offer: an honest client never sends that, and it reconnects on its next offer.
+fn receive_offers(
+    p: &mut Pending,
+    token: u64,
+    now: Instant,
+    count: &std::sync::atomic::AtomicU64,
+) -> bool {
+    let Some(channel) = p.channels.get_mut(&token) else {
+        return false;
+    };
+    channel.last_used = now;
+    let mut received = Vec::new();
+    let mut close = false;
+    let mut more = true;
+    for _ in 0..MAX_DRAIN {
+        // Exactly one offer's bytes: a Unix stream socket never merges a message that carries
+        // descriptors with the next one, so each receive returns one offer.
+        let mut buf = [0u8; OFFER_LEN];
+        match sys::recv_with_fds(channel.fd.as_fd(), &mut buf) {
+            Ok((0, _)) => {
+                close = true;
+                break;
+            }
+            Ok((n, fds)) => match Offer::decode(&buf[..n]) {
+                Ok(offer) if fds.len() == 2 => received.push((offer, fds)),
+                Ok(_) => {
+                    tracing::debug!(fds = fds.len(), "xway: offer with wrong descriptor count");
+                    close = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "xway: malformed offer");
+                    close = true;
+                    break;
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                more = false;
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "xway: rendezvous receive failed");
+                close = true;
+                break;
+            }
+        }
+    }
+    if close {
+        p.channels.remove(&token);
+        more = false;
+    }
+    count.fetch_add(received.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    for (offer, fds) in received {
+        if p.offers.len() >= MAX_PENDING_OFFERS {
+            evict_oldest(&mut p.offers);
+        }
+        let key = (canonical(offer.client), canonical(offer.server));
+        // Two offers for one 4-tuple: one of them is not the TCP client's. Neither is trusted;
+        // that connection gets plain TCP.
+        if p.offers.remove(&key).is_some() {
+            tracing::debug!(client = %key.0, "xway: conflicting offers for one connection, both dropped");
+            continue;
+        }
+        let opened = open_offer(&offer, fds);
+        p.offers.insert(
+            key,
+            Prepared {
+                offer,
+                opened,
+                received: now,
+            },
+        );
+    }
+    more
+}
+
+fn evict_oldest(offers: &mut HashMap<(SocketAddr, SocketAddr), Prepared>) {
     if let Some(key) = offers
         .iter()
         .min_by_key(|(_, o)| o.received)
@@ -257,10 +402,9 @@ pub(crate) enum Opened {
     Unusable(FallbackReason),
 }
 
-/// Validates and maps an offer for the accepted connection `client -> server`.
-pub(crate) fn open_offer(received: ReceivedOffer) -> Opened {
+/// Validates and maps an offer as it arrives (see [`Advertisement`]).
+fn open_offer(offer: &Offer, fds: Vec<OwnedFd>) -> Opened {
     use crate::setup::wire::DeclineReason;
-    let ReceivedOffer { offer, fds, .. } = received;
     let [memfd, server_bell]: [OwnedFd; 2] = match fds.try_into() {
         Ok(fds) => fds,
         Err(_) => return Opened::Unusable(invalid("wrong number of descriptors")),
@@ -326,15 +470,127 @@ fn is_local_address(ip: IpAddr) -> bool {
     ip.is_loopback() || UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
-/// Finds the rendezvous socket of an xway listener for `dst` on this host.
+/// A rendezvous connection to a listener, kept open by this process for its later connects.
+#[derive(Debug)]
+pub(crate) struct Rendezvous {
+    /// Offers are sent under this lock, so that two connects never interleave their bytes.
+    fd: Mutex<OwnedFd>,
+    dst: SocketAddr,
+}
+
+/// This process's rendezvous connections, by destination.
+#[derive(Debug, Default)]
+struct RendezvousCache {
+    pid: u32,
+    /// Few entries (at most [`MAX_RENDEZVOUS`]): a list is enough.
+    by_dst: Vec<Arc<Rendezvous>>,
+}
+
+impl RendezvousCache {
+    fn get(&self, dst: SocketAddr) -> Option<&Arc<Rendezvous>> {
+        self.by_dst.iter().find(|r| r.dst == dst)
+    }
+}
+
+static RENDEZVOUS: Mutex<RendezvousCache> = Mutex::new(RendezvousCache {
+    pid: 0,
+    by_dst: Vec::new(),
+});
+
+/// At most this many destinations keep a rendezvous connection open in one process.
+const MAX_RENDEZVOUS: usize = 32;
+
+fn rendezvous_cache() -> std::sync::MutexGuard<'static, RendezvousCache> {
+    let mut cache = RENDEZVOUS.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    if cache.pid != pid {
+        // A forked child sends its own offers on connections of its own.
+        cache.by_dst.clear();
+        cache.pid = pid;
+    }
+    cache
+}
+
+/// Finds the rendezvous of an xway listener for `dst` on this host: the connection this
+/// process already has, or a new one (see [`lookup`]).
+pub(crate) fn find_listener(
+    dst: SocketAddr,
+    policy: &UidPolicy,
+) -> Result<Option<Arc<Rendezvous>>, FallbackReason> {
+    let dst = canonical(dst);
+    if let Some(found) = rendezvous_cache().get(dst) {
+        return Ok(Some(found.clone()));
+    }
+    let Some(fd) = lookup(dst, policy)? else {
+        return Ok(None);
+    };
+    let rendezvous = Arc::new(Rendezvous {
+        fd: Mutex::new(fd),
+        dst,
+    });
+    let mut cache = rendezvous_cache();
+    cache.by_dst.retain(|r| r.dst != dst);
+    if cache.by_dst.len() >= MAX_RENDEZVOUS {
+        cache.by_dst.remove(0);
+    }
+    cache.by_dst.push(rendezvous.clone());
+    drop(cache);
+    start_reaper();
+    Ok(Some(rendezvous))
+}
+
+/// Sends the offer for `ring` on `rendezvous`. A connection the listener has closed (it was
+/// dropped or restarted, or it found the connection misbehaving) is replaced once by a new
+/// lookup.
+pub(crate) fn send_offer(
+    mut rendezvous: Arc<Rendezvous>,
+    policy: &UidPolicy,
+    ring: &ClientRing,
+    offer: &Offer,
+) -> Result<(), FallbackReason> {
+    let failed = |e: io::Error| FallbackReason::SetupFailed {
+        error: format!("sending the offer: {e}"),
+    };
+    let mut fresh = false;
+    loop {
+        match ring.send_offer_on(&rendezvous, offer) {
+            Ok(()) => return Ok(()),
+            // The listener is not keeping up: TCP now, the connection stays.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(failed(e)),
+            Err(e) => {
+                forget(&rendezvous);
+                let gone = matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::NotConnected
+                );
+                if fresh || !gone {
+                    return Err(failed(e));
+                }
+                fresh = true;
+                rendezvous = match find_listener(rendezvous.dst, policy)? {
+                    Some(again) => again,
+                    None => return Err(FallbackReason::NotAdvertised),
+                };
+            }
+        }
+    }
+}
+
+/// Drops a rendezvous connection from the cache (the next connect looks the listener up anew).
+fn forget(rendezvous: &Arc<Rendezvous>) {
+    rendezvous_cache()
+        .by_dst
+        .retain(|r| !Arc::ptr_eq(r, rendezvous));
+}
+
+/// Looks for the rendezvous socket of an xway listener for `dst` on this host and connects.
 ///
 /// `Ok(None)`: nobody advertises it (plain TCP at the cost of one or two failed `connect`s on
 /// abstract sockets, a few microseconds). `Err(reason)`: somebody does, but the ring must not
 /// be used with them.
-pub(crate) fn find_listener(
-    dst: SocketAddr,
-    policy: &UidPolicy,
-) -> Result<Option<OwnedFd>, FallbackReason> {
+fn lookup(dst: SocketAddr, policy: &UidPolicy) -> Result<Option<OwnedFd>, FallbackReason> {
     let ip = dst.ip().to_canonical();
     let mut names = vec![rendezvous_name(ip, dst.port())];
     let wildcards: &[IpAddr] = match ip {
@@ -428,16 +684,16 @@ impl ClientRing {
         })
     }
 
-    /// Sends the offer with the region and the server's doorbell end on the rendezvous socket, then
-    /// closes it: the listener reads the queued message whenever it accepts.
-    pub(crate) fn send_offer(&self, rendezvous: OwnedFd, offer: &Offer) -> io::Result<()> {
+    /// Sends the offer with the region and the server's doorbell end in one message.
+    fn send_offer_on(&self, rendezvous: &Rendezvous, offer: &Offer) -> io::Result<()> {
         let bytes = offer.encode();
         let fds = [self.memfd.as_fd(), self.server_bell.as_fd()];
-        let n = sys::send_with_fds(rendezvous.as_fd(), &bytes, &fds)?;
+        let fd = rendezvous.fd.lock().unwrap_or_else(|e| e.into_inner());
+        let n = sys::send_with_fds(fd.as_fd(), &bytes, &fds)?;
         if n != bytes.len() {
+            // The next offer would start mid-message: this connection is unusable now.
             return Err(io::Error::new(io::ErrorKind::WriteZero, "offer truncated"));
         }
-        close_later(rendezvous);
         Ok(())
     }
 
@@ -519,13 +775,14 @@ struct Spares {
     layout: Option<Layout>,
     /// When a ring was last asked for.
     last_wanted: Option<Instant>,
-    /// A task that closes the spares once they sit unused (see [`SPARE_IDLE`]) is running.
+    /// A task that closes the spares and rendezvous connections once they sit unused (see
+    /// [`IDLE`]) is running.
     reaper: bool,
 }
 
-/// Spares nobody asked for during this long are closed, and so are the rendezvous sockets
-/// still open: a process that stopped connecting holds no descriptors for either.
-const SPARE_IDLE: Duration = Duration::from_secs(1);
+/// Spares nobody asked for during this long are closed, and so are the rendezvous
+/// connections: a process that stopped connecting holds no descriptors for either.
+const IDLE: Duration = Duration::from_secs(1);
 
 static SPARES: Mutex<Spares> = Mutex::new(Spares {
     pid: 0,
@@ -548,8 +805,20 @@ fn spares() -> std::sync::MutexGuard<'static, Spares> {
     spares
 }
 
-/// Closes the spares once nobody asked for one during [`SPARE_IDLE`], then ends.
-async fn reap_idle_spares() {
+/// Starts [`reap_idle`] unless it runs already (or there is no runtime to run it on).
+fn start_reaper() {
+    let mut spares = spares();
+    if !spares.reaper {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            spares.reaper = true;
+            runtime.spawn(reap_idle());
+        }
+    }
+}
+
+/// Closes the spares and the rendezvous connections once this process made no offer during
+/// [`IDLE`], then ends.
+async fn reap_idle() {
     /// Lets the next refill start a new reaper, however this one ends (the runtime may drop it).
     struct Disarm;
     impl Drop for Disarm {
@@ -559,57 +828,18 @@ async fn reap_idle_spares() {
     }
     let _disarm = Disarm;
     loop {
-        tokio::time::sleep(SPARE_IDLE).await;
+        tokio::time::sleep(IDLE).await;
         let mut spares = spares();
-        if spares.last_wanted.is_none_or(|t| t.elapsed() >= SPARE_IDLE) {
+        if spares.last_wanted.is_none_or(|t| t.elapsed() >= IDLE) {
             let idle = std::mem::take(&mut spares.rings);
             spares.wanted = 0;
             drop(spares);
             drop(idle);
-            close_rendezvous_sockets(Which::All);
+            let idle = std::mem::take(&mut rendezvous_cache().by_dst);
+            drop(idle);
             return;
         }
     }
-}
-
-/// Rendezvous sockets whose offer may still be queued, closed by [`close_rendezvous_sockets`].
-///
-/// Closing a Unix socket while descriptors of Unix sockets are in flight (our offer carries the
-/// server's doorbell end) runs the kernel's descriptor garbage collector: about 10 us, on the
-/// connect's critical path. Once the listener has taken the offer, closing is cheap.
-static CLOSE_LATER: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
-/// Most rendezvous sockets waiting in [`CLOSE_LATER`]; beyond, the oldest is closed at once.
-const MAX_CLOSE_LATER: usize = 16;
-
-fn close_later(fd: OwnedFd) {
-    let mut later = CLOSE_LATER.lock().unwrap_or_else(|e| e.into_inner());
-    if later.len() >= MAX_CLOSE_LATER {
-        later.remove(0);
-    }
-    later.push(fd);
-}
-
-/// Which rendezvous sockets [`close_rendezvous_sockets`] closes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Which {
-    /// All but the newest: a client calls this while its own offer (the newest) may still be
-    /// in flight, and the earlier ones have been taken (or given up on) by then.
-    Earlier,
-    /// All of them: a client that stops waiting for its claim, and the idle reaper.
-    All,
-}
-
-/// Closes rendezvous sockets of offers sent so far (see [`Which`]). The newest one stays open
-/// until the next connect, or until the process stops connecting (the spare reaper).
-pub(crate) fn close_rendezvous_sockets(which: Which) {
-    let closing = {
-        let mut later = CLOSE_LATER.lock().unwrap_or_else(|e| e.into_inner());
-        let keep = usize::from(which == Which::Earlier).min(later.len());
-        let split = later.len() - keep;
-        let newest = later.split_off(split);
-        std::mem::replace(&mut *later, newest)
-    };
-    drop(closing);
 }
 
 /// Takes a spare ring of `layout`, and records the demand either way.
@@ -622,14 +852,28 @@ fn take_spare(layout: Layout) -> Option<Spare> {
     Some(spares.rings.swap_remove(i))
 }
 
-/// Creates at most one spare ring, if this process used one since the last refill.
+/// Replaces the spare ring this process used last, if its listeners claim its offers.
 ///
-/// A client calls this while it waits for its verdict (see `setup::verdict_without_sleeping`),
-/// so that the next connection's memfd, page allocations and doorbell pair cost nothing on its
-/// critical path; only a process whose listeners claim its offers builds spares. A process
-/// that never offers a local ring never creates one; one that stops connecting closes its
-/// spares after [`SPARE_IDLE`].
-pub(crate) fn prepare_spare_ring() {
+/// A client calls this while its listener wakes up (see `setup::verdict_without_sleeping`), so
+/// that the next connection's memfd, page allocations, mapping and doorbell pair cost nothing
+/// on its critical path. Only a process whose last offer was claimed builds spares, and one
+/// that stops connecting closes them after [`IDLE`].
+pub(crate) fn refill_spares() {
+    if LAST_CLAIMED.load(std::sync::atomic::Ordering::Relaxed) {
+        prepare_spare_ring();
+    }
+}
+
+/// The last offer this process made was claimed by its listener.
+static LAST_CLAIMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records whether a listener claimed this process's offer (see [`refill_spares`]).
+pub(crate) fn note_claimed(claimed: bool) {
+    LAST_CLAIMED.store(claimed, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Creates at most one spare ring, if this process used one since the last refill.
+fn prepare_spare_ring() {
     let layout = {
         let mut spares = spares();
         match spares.layout {
@@ -648,12 +892,8 @@ pub(crate) fn prepare_spare_ring() {
                 spares.rings.remove(0);
             }
             spares.rings.push(spare);
-            if !spares.reaper {
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    spares.reaper = true;
-                    runtime.spawn(reap_idle_spares());
-                }
-            }
+            drop(spares);
+            start_reaper();
         }
         // Out of descriptors or memory: the next connect creates its ring itself, and fails
         // over to TCP there if it must.

@@ -320,7 +320,7 @@ fn offer_ring(
     client: SocketAddr,
     server: SocketAddr,
     config: &XwayConfig,
-    rendezvous: std::os::fd::OwnedFd,
+    rendezvous: Arc<local::Rendezvous>,
 ) -> Result<Offered, FallbackReason> {
     let setup_failed = |what: &str, e: io::Error| FallbackReason::SetupFailed {
         error: format!("{what}: {e}"),
@@ -342,8 +342,7 @@ fn offer_ring(
         server: canonical(server),
         layout,
     };
-    ring.send_offer(rendezvous, &offer)
-        .map_err(|e| setup_failed("sending the offer", e))?;
+    local::send_offer(rendezvous, config.uid_policy(), &ring, &offer)?;
     let _abandon = AbandonOnDrop {
         region: region.clone(),
         armed: true,
@@ -443,8 +442,6 @@ static CLAIM_SPIN_NS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(CLAIM_SPIN_MAX.as_nanos() as u64);
 /// Connects that skipped spinning since its budget decayed to zero.
 static CLAIM_SPIN_SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-/// The last claim spin of this process saw its listener claim the offer.
-static LAST_CLAIM_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// How long a client polls the TCP connection for a verdict it knows is on its way.
 const VERDICT_POLL: Duration = Duration::from_micros(50);
 
@@ -455,14 +452,13 @@ const VERDICT_POLL: Duration = Duration::from_micros(50);
 ///
 /// Waiting for the verdict the usual way costs a sleep and a cross-process wake-up. But a
 /// listener that is accepting decides within one wake-up of its own, and it writes the verdict
-/// right after its compare-and-swap on the setup state. So the client, while the listener
-/// wakes up,
-/// 1. closes the rendezvous sockets of its earlier connects (their offers have been taken,
-///    so closing them is cheap now; see `local::close_rendezvous_sockets`) and prepares the
-///    next connection's spare ring (the local provider's pool), if its last offer was claimed
-///    (else once this one is, while the verdict travels);
-/// 2. yield-spins on the setup state until it leaves `OFFERED` (see [`spin_for_claim`]);
-/// 3. then reads the verdict from the TCP connection without going through the reactor. The
+/// right after its compare-and-swap on the setup state. So the client
+/// 1. gives its CPU away once: a listener woken on this very CPU (by the offer or the SYN)
+///    runs now, before anything else this connect does;
+/// 2. replaces the spare ring it used (the local provider's pool, see
+///    `local::refill_spares`), while a listener on another CPU wakes up;
+/// 3. yield-spins on the setup state until it leaves `OFFERED` (see [`spin_for_claim`]);
+/// 4. then reads the verdict from the TCP connection without going through the reactor. The
 ///    verdict is still what decides (it authenticates the server, invariant I3); the state
 ///    word only says when to look.
 fn verdict_without_sleeping(
@@ -470,20 +466,12 @@ fn verdict_without_sleeping(
     region: &Region,
     nonce: &[u8; 16],
 ) -> Option<io::Result<Option<FallbackReason>>> {
-    local::close_rendezvous_sockets(local::Which::Earlier);
-    // Build a spare only in a process whose listeners claim its offers.
-    let built = LAST_CLAIM_SEEN.load(std::sync::atomic::Ordering::Relaxed);
-    if built {
-        local::prepare_spare_ring();
-    }
+    crate::sys::yield_cpu();
+    local::refill_spares();
     let claimed = spin_for_claim(region);
-    LAST_CLAIM_SEEN.store(claimed, std::sync::atomic::Ordering::Relaxed);
+    local::note_claimed(claimed);
     if !claimed {
-        local::close_rendezvous_sockets(local::Which::All);
         return None;
-    }
-    if !built {
-        local::prepare_spare_ring();
     }
     read_verdict_now(tcp, nonce)
 }
@@ -599,9 +587,9 @@ pub(crate) fn accept(
             FallbackReason::NoOffer,
         ));
     };
-    if let Some(received) = local.and_then(|a| a.take_offer(client, server, Instant::now())) {
-        let (nonce, layout) = (received.offer.nonce, received.offer.layout);
-        return Accepted::Now(match local::open_offer(received) {
+    if let Some(prepared) = local.and_then(|a| a.take_offer(client, server)) {
+        let (nonce, layout) = (prepared.offer.nonce, prepared.offer.layout);
+        return Accepted::Now(match prepared.opened {
             Opened::Ready { region, doorbell } => claim(
                 stream,
                 Claim {
