@@ -27,7 +27,7 @@ pub(crate) struct Out {
 }
 
 impl Out {
-    fn val(&mut self, id: impl Into<String>, v: f64) {
+    pub(crate) fn val(&mut self, id: impl Into<String>, v: f64) {
         self.vals.push((id.into(), v));
     }
 

@@ -43,6 +43,11 @@
 //!   around the timed transfer. Setup: connect + `TCP_NODELAY` + one byte each way, one
 //!   connection at a time, teardown untimed. The 1,000-connection figure counts round trips
 //!   (one 64 B message each way) of all connections together.
+//! - Right after the ring's bulk figures, the same byte counts go through a "shared-memory copy
+//!   ceiling" (`ceiling.rs`): two threads pinned to the run's two CPUs, a plain spinning ring of
+//!   the same size in shared memory, `memcpy` in and out in 64 KiB chunks, nothing else. The
+//!   details show it and "ring / ceiling" (within each repetition): how much of what the host
+//!   allowed at that moment the ring got, since the host's cross-CPU copy speed moves a lot.
 //! - "pp-same" pins both processes to one CPU (`sched_setaffinity`) for one 64 B ping-pong,
 //!   whatever `--pin` says for the rest.
 //! - xway's own counters (doorbells, sleeps, spins per message) are printed when the library
@@ -50,6 +55,7 @@
 //!
 //! No figure is asserted on: targets are reported as PASS/MISS, never fail the run.
 
+mod ceiling;
 mod figures;
 mod measure;
 mod net;
@@ -262,11 +268,38 @@ impl Runner {
             }
         });
         drop(server);
+        let mut out = out?;
+        if group == "bulk" && kind == Kind::Ring {
+            self.copy_ceiling(&mut out);
+        }
         if let Some(set) = saved {
             measure::set_affinity(&set);
         }
-        self.res.store(self.opts.reps, rep, kind, out?);
+        self.res.store(self.opts.reps, rep, kind, out);
         Ok(())
+    }
+
+    /// The shared-memory copy ceiling (see `ceiling.rs`), right after the ring's bulk figures,
+    /// on the run's two CPUs (one with `--pin same`), and the ring's 64 KiB figure as a share
+    /// of it.
+    fn copy_ceiling(&self, out: &mut Out) {
+        let o = &self.opts;
+        let second = *self.cpus.get(1).unwrap_or(&self.cpus[0]);
+        let cpus = match o.pin {
+            Pin::Same => (self.cpus[0], self.cpus[0]),
+            Pin::None | Pin::Apart => (self.cpus[0], second),
+        };
+        let ring = net::ring_size();
+        match ceiling::gbps(ring, 64 << 10, o.bulk_warm, o.bulk_total, cpus) {
+            Ok(gbps) => {
+                let ring = out.vals.iter().find(|(id, _)| id == "bulk64k.gbps");
+                if let Some(&(_, ring)) = ring {
+                    out.val("bulk64k.per_ceiling", ring / gbps);
+                }
+                out.val("bulk64k.ceiling", gbps);
+            }
+            Err(e) => out.notes.push(format!("copy ceiling: {e}")),
+        }
     }
 
     fn run(&mut self) {

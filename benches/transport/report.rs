@@ -119,6 +119,11 @@ const DETAILS: &[(&str, &str)] = &[
         "context switches per 64 B round trip, one CPU",
     ),
     ("bulk64k.cs", "context switches per 64 KiB write"),
+    (
+        "bulk64k.ceiling",
+        "shared-memory copy ceiling, 64 KiB chunks, GB/s (2 pinned spinning threads, no tokio)",
+    ),
+    ("bulk64k.per_ceiling", "bulk, 64 KiB writes: ring / ceiling"),
     ("bulk64k.cpu_client", "CPU s/GB, 64 KiB writes, client"),
     ("bulk64k.cpu_server", "CPU s/GB, 64 KiB writes, server"),
     ("bulk1m.cpu_client", "CPU s/GB, 1 MiB writes, client"),
