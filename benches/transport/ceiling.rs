@@ -12,15 +12,23 @@
 //! cannot turn the probe into a 4 ms-per-chunk crawl). No tokio, no doorbells, no locks, no
 //! validation of the other side's counter: what is left is the copies and the cache lines.
 //!
-//! It runs right after the ring's bulk figures, with the same byte counts (a warm-up, drained,
-//! then the timed transfer). The two threads are pinned to the two CPUs the run uses (both to
-//! one with `--pin same`), where unpinned processes doing a bulk transfer also end up: unpinned
-//! spinning threads may be stacked on one CPU by the scheduler, and then the probe measures the
-//! scheduler. The host places the vCPUs differently from minute to minute, and with that the
-//! cost of moving cache lines between them changes by a factor of several, so a bulk figure
-//! alone cannot tell a slow host from a slow ring; "ring / ceiling", taken within a repetition,
-//! can. Threads rather than processes: a process boundary changes page tables, not how cache
-//! lines travel, and threads keep the probe small.
+//! It runs right after the ring's 64 KiB bulk figure, with the same byte counts (a warm-up,
+//! drained, then the timed transfer). The two threads are pinned to the two CPUs the run uses
+//! (both to one with `--pin same`), where unpinned processes doing a bulk transfer also end up:
+//! unpinned spinning threads may be stacked on one CPU by the scheduler, and then the probe
+//! measures the scheduler. The host places the vCPUs differently from minute to minute, and
+//! with that the cost of moving cache lines between them changes by a factor of several, so a
+//! bulk figure alone cannot tell a slow host from a slow ring; "ring / ceiling", taken within a
+//! repetition, can. Threads rather than processes: a process boundary changes page tables, not
+//! how cache lines travel, and threads keep the probe small.
+//!
+//! A spinning pair is only a ceiling while both threads really run at once. When the host runs
+//! the two vCPUs in turn (or something else takes one of the CPUs), a spinning side waits for a
+//! peer that is not running, and the probe falls far below what the copies can do, while xway,
+//! which stops spinning and sleeps, keeps going: the ring then beats its "ceiling". So the probe
+//! also reports the share of its threads' time spent in waits longer than 20 µs ("stalled"):
+//! near 0, the ratio means what it says; at 30-50% (seen on the 2-vCPU VM where this was
+//! written), it does not.
 
 use std::io;
 use std::ptr::NonNull;
@@ -111,31 +119,40 @@ impl Drop for Mapping {
 #[derive(Clone, Copy)]
 struct Waiter<'a> {
     same_cpu: bool,
+    /// Adds up the nanoseconds of the waits that outlasted [`MAX_SPIN`].
+    long_waits: &'a AtomicU64,
     other_stopped: &'a AtomicBool,
 }
 
 impl Waiter<'_> {
     fn until(self, mut ready: impl FnMut() -> bool) -> io::Result<()> {
-        let mut spins = 0u32;
-        let mut since = None;
-        while !ready() {
+        let (mut spins, mut since, mut long) = (0u32, None, false);
+        let result = loop {
+            if ready() {
+                break Ok(());
+            }
             // Acquire: what the other side published before it stopped is seen by `ready`.
             if self.other_stopped.load(Ordering::Acquire) {
-                return match ready() {
+                break match ready() {
                     true => Ok(()),
                     false => Err(io::Error::other("copy ceiling: the other thread failed")),
                 };
             }
             spins = spins.wrapping_add(1);
-            let spun_enough =
-                spins % 64 == 0 && since.get_or_insert_with(Instant::now).elapsed() >= MAX_SPIN;
-            if self.same_cpu || spun_enough {
+            if !long && spins % 64 == 0 {
+                long = since.get_or_insert_with(Instant::now).elapsed() >= MAX_SPIN;
+            }
+            if self.same_cpu || long {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
             }
+        };
+        if let (true, Some(since)) = (long, since) {
+            let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.long_waits.fetch_add(ns, Ordering::Relaxed);
         }
-        Ok(())
+        result
     }
 }
 
@@ -148,16 +165,27 @@ impl Drop for Stopped<'_> {
     }
 }
 
+/// What [`measure`] measured.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ceiling {
+    /// The timed transfer's speed, GB/s (10^9 B/s).
+    pub(crate) gbps: f64,
+    /// The share of the two threads' time spent in waits that outlasted [`MAX_SPIN`] (0 to 1).
+    /// Near zero when both really ran side by side; high when they did not (another task on one
+    /// of the CPUs, or the host running the two vCPUs in turn): a side spinning while the other
+    /// is not running moves nothing, so the probe then understates what the copies could do.
+    pub(crate) stalled: f64,
+}
+
 /// Moves `warm` then `total` bytes through a `ring`-byte shared ring in `chunk`-byte writes, the
-/// writer on CPU `cpus.0` and the reader on `cpus.1`, and returns the timed transfer's GB/s
-/// (10^9 B/s).
-pub(crate) fn gbps(
+/// writer on CPU `cpus.0` and the reader on `cpus.1`, and measures the timed transfer.
+pub(crate) fn measure(
     ring: usize,
     chunk: usize,
     warm: u64,
     total: u64,
     cpus: (usize, usize),
-) -> io::Result<f64> {
+) -> io::Result<Ceiling> {
     assert!(ring.is_power_of_two() && chunk > 0 && chunk <= ring);
     let map = Mapping::new(DATA + ring)?;
     let map = &map;
@@ -170,12 +198,14 @@ pub(crate) fn gbps(
     let end = warm + total;
     let (writer_stopped, reader_stopped) = (AtomicBool::new(false), AtomicBool::new(false));
     let same_cpu = cpus.0 == cpus.1;
+    let long_waits = AtomicU64::new(0);
     std::thread::scope(|s| {
         let reader = s.spawn(|| -> io::Result<()> {
             let _stopped = Stopped(&reader_stopped);
             crate::measure::pin_to(cpus.1);
             let wait = Waiter {
                 same_cpu,
+                long_waits: &long_waits,
                 other_stopped: &writer_stopped,
             };
             let mut buf = vec![0u8; chunk];
@@ -208,6 +238,7 @@ pub(crate) fn gbps(
             crate::measure::pin_to(cpus.0);
             let wait = Waiter {
                 same_cpu,
+                long_waits: &long_waits,
                 other_stopped: &reader_stopped,
             };
             let src: Vec<u8> = (0..chunk).map(|i| (i % 251) as u8).collect();
@@ -217,6 +248,7 @@ pub(crate) fn gbps(
                 if pos == warm {
                     // As the benchmark does: the warm-up is all read before the timing starts.
                     wait.until(|| tail.load(Ordering::Acquire) == warm)?;
+                    long_waits.store(0, Ordering::Relaxed);
                     started = Instant::now();
                 }
                 let n = (chunk as u64).min(end - pos) as usize;
@@ -239,6 +271,10 @@ pub(crate) fn gbps(
         let failed = || io::Error::other("copy ceiling: a thread panicked");
         let secs = writer.join().map_err(|_| failed())?;
         reader.join().map_err(|_| failed())??;
-        Ok(total as f64 / 1e9 / secs?)
+        let secs = secs?;
+        Ok(Ceiling {
+            gbps: total as f64 / 1e9 / secs,
+            stalled: long_waits.load(Ordering::Relaxed) as f64 / 1e9 / (2.0 * secs),
+        })
     })
 }

@@ -43,7 +43,7 @@
 //!   around the timed transfer. Setup: connect + `TCP_NODELAY` + one byte each way, one
 //!   connection at a time, teardown untimed. The 1,000-connection figure counts round trips
 //!   (one 64 B message each way) of all connections together.
-//! - Right after the ring's bulk figures, the same byte counts go through a "shared-memory copy
+//! - Right after the ring's 64 KiB bulk figure, the same byte counts go through a "shared-memory copy
 //!   ceiling" (`ceiling.rs`): two threads pinned to the run's two CPUs, a plain spinning ring of
 //!   the same size in shared memory, `memcpy` in and out in 64 KiB chunks, nothing else. The
 //!   details show it and "ring / ceiling" (within each repetition): how much of what the host
@@ -256,6 +256,9 @@ impl Runner {
                 "pp-same" => figures::pingpong_pinned(kind, addr, pid, &o).await,
                 "bulk" => {
                     let mut a = figures::bulk(kind, addr, pid, "bulk64k", 64 << 10, &o).await?;
+                    if kind == Kind::Ring {
+                        self.copy_ceiling(&mut a);
+                    }
                     let b = figures::bulk(kind, addr, pid, "bulk1m", 1 << 20, &o).await?;
                     a.vals.extend(b.vals);
                     a.notes.extend(b.notes);
@@ -268,10 +271,7 @@ impl Runner {
             }
         });
         drop(server);
-        let mut out = out?;
-        if group == "bulk" && kind == Kind::Ring {
-            self.copy_ceiling(&mut out);
-        }
+        let out = out?;
         if let Some(set) = saved {
             measure::set_affinity(&set);
         }
@@ -279,7 +279,7 @@ impl Runner {
         Ok(())
     }
 
-    /// The shared-memory copy ceiling (see `ceiling.rs`), right after the ring's bulk figures,
+    /// The shared-memory copy ceiling (see `ceiling.rs`), right after the ring's 64 KiB figure,
     /// on the run's two CPUs (one with `--pin same`), and the ring's 64 KiB figure as a share
     /// of it.
     fn copy_ceiling(&self, out: &mut Out) {
@@ -290,13 +290,21 @@ impl Runner {
             Pin::None | Pin::Apart => (self.cpus[0], second),
         };
         let ring = net::ring_size();
-        match ceiling::gbps(ring, 64 << 10, o.bulk_warm, o.bulk_total, cpus) {
-            Ok(gbps) => {
+        match ceiling::measure(ring, 64 << 10, o.bulk_warm, o.bulk_total, cpus) {
+            Ok(c) => {
                 let ring = out.vals.iter().find(|(id, _)| id == "bulk64k.gbps");
-                if let Some(&(_, ring)) = ring {
-                    out.val("bulk64k.per_ceiling", ring / gbps);
+                let ring = ring.map(|&(_, v)| v);
+                eprintln!(
+                    "xway-bench: copy ceiling {:.1} GB/s ({:.0}% stalled), ring / ceiling {:.2}",
+                    c.gbps,
+                    c.stalled * 100.0,
+                    ring.map_or(f64::NAN, |r| r / c.gbps)
+                );
+                if let Some(ring) = ring {
+                    out.val("bulk64k.per_ceiling", ring / c.gbps);
                 }
-                out.val("bulk64k.ceiling", gbps);
+                out.val("bulk64k.ceiling", c.gbps);
+                out.val("bulk64k.ceiling_stalled", c.stalled);
             }
             Err(e) => out.notes.push(format!("copy ceiling: {e}")),
         }

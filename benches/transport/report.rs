@@ -124,6 +124,10 @@ const DETAILS: &[(&str, &str)] = &[
         "shared-memory copy ceiling, 64 KiB chunks, GB/s (2 pinned spinning threads, no tokio)",
     ),
     ("bulk64k.per_ceiling", "bulk, 64 KiB writes: ring / ceiling"),
+    (
+        "bulk64k.ceiling_stalled",
+        "copy ceiling: share of its time in waits over 20 µs (high: its threads did not run side by side)",
+    ),
     ("bulk64k.cpu_client", "CPU s/GB, 64 KiB writes, client"),
     ("bulk64k.cpu_server", "CPU s/GB, 64 KiB writes, server"),
     ("bulk1m.cpu_client", "CPU s/GB, 1 MiB writes, client"),
