@@ -13,14 +13,19 @@
 //! validation of the other side's counter: what is left is the copies and the cache lines.
 //!
 //! It runs right after the ring's 64 KiB bulk figure, with the same byte counts (a warm-up,
-//! drained, then the timed transfer). The two threads are pinned to the two CPUs the run uses
-//! (both to one with `--pin same`), where unpinned processes doing a bulk transfer also end up:
-//! unpinned spinning threads may be stacked on one CPU by the scheduler, and then the probe
-//! measures the scheduler. The host places the vCPUs differently from minute to minute, and
-//! with that the cost of moving cache lines between them changes by a factor of several, so a
-//! bulk figure alone cannot tell a slow host from a slow ring; "ring / ceiling", taken within a
-//! repetition, can. Threads rather than processes: a process boundary changes page tables, not
-//! how cache lines travel, and threads keep the probe small.
+//! drained, then the timed transfer). The two threads are pinned as the run pins the client and
+//! the server; in an unpinned run, to the two CPUs where two busy processes end up, both ways
+//! round, and the faster counts (the host's vCPUs are not always alike: one way round was up to
+//! 20% slower in some minutes). Unpinned spinning threads may be stacked on one CPU by the
+//! scheduler, and then the probe would measure the scheduler. Threads rather than processes: a
+//! process boundary changes page tables, not how cache lines travel (a forked reader gave the
+//! same figures), and threads keep the probe small.
+//!
+//! The host places the vCPUs differently from one moment to the next, and with that the cost of
+//! moving cache lines between them changes by a factor of several (on the 2-vCPU VM where this
+//! was written: 2-38 GB/s, and two measurements 30 ms apart could differ by 2x), so a bulk
+//! figure alone cannot tell a slow host from a slow ring; "ring / ceiling", taken within a
+//! repetition, can, though one repetition's ratio is noisy: read the median over repetitions.
 //!
 //! A spinning pair is only a ceiling while both threads really run at once. When the host runs
 //! the two vCPUs in turn (or something else takes one of the CPUs), a spinning side waits for a
