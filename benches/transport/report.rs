@@ -468,10 +468,14 @@ impl<'a> Report<'a> {
             .map(|(id, label)| {
                 let per_rep = &self.res.values[&id];
                 format!(
-                    "    {}: {{\"label\": {}, \"median\": {}}}",
+                    "    {}: {{\"label\": {}, \"median\": {}, \"per_rep\": {}}}",
                     jstr(&id),
                     jstr(&label),
-                    kinds_obj(|k| jnum(kind_median(per_rep, k)))
+                    kinds_obj(|k| jnum(kind_median(per_rep, k))),
+                    kinds_obj(|k| {
+                        let v: Vec<String> = per_rep.iter().map(|x| jnum(x[k.index()])).collect();
+                        format!("[{}]", v.join(", "))
+                    })
                 )
             })
             .collect();
