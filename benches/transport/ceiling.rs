@@ -256,7 +256,8 @@ pub(crate) fn measure(
                     long_waits.store(0, Ordering::Relaxed);
                     started = Instant::now();
                 }
-                let n = (chunk as u64).min(end - pos) as usize;
+                // Chunks end exactly at `warm`, so the timing starts there.
+                let n = (chunk as u64).min(if pos < warm { warm } else { end } - pos) as usize;
                 wait.until(|| ring as u64 - (pos - tail.load(Ordering::Acquire)) >= n as u64)?;
                 let (dst, contiguous) = at(pos);
                 let first = n.min(contiguous);
