@@ -13,13 +13,13 @@
 //! validation of the other side's counter: what is left is the copies and the cache lines.
 //!
 //! It runs right after the ring's 64 KiB bulk figure, with the same byte counts (a warm-up,
-//! drained, then the timed transfer). The two threads are pinned as the run pins the client and
-//! the server; in an unpinned run, to the two CPUs where two busy processes end up, both ways
-//! round, and the faster counts (the host's vCPUs are not always alike: one way round was up to
-//! 20% slower in some minutes). Unpinned spinning threads may be stacked on one CPU by the
-//! scheduler, and then the probe would measure the scheduler. Threads rather than processes: a
-//! process boundary changes page tables, not how cache lines travel (a forked reader gave the
-//! same figures), and threads keep the probe small.
+//! drained, then the timed transfer), its writer and reader pinned where the client and the
+//! server ran: as the run pinned them, or, unpinned, on the CPUs they were on right after the
+//! timed transfer (both on one CPU if that is where the scheduler had put them). Which vCPU
+//! writes matters: on the 2-vCPU VM where this was written, one way round was often 1.2-2x
+//! faster than the other. Threads rather than processes: a process boundary changes page
+//! tables, not how cache lines travel (a forked reader gave the same figures), and threads keep
+//! the probe small.
 //!
 //! The host places the vCPUs differently from one moment to the next, and with that the cost of
 //! moving cache lines between them changes by a factor of several (on the 2-vCPU VM where this
@@ -175,6 +175,8 @@ impl Drop for Stopped<'_> {
 pub(crate) struct Ceiling {
     /// The timed transfer's speed, GB/s (10^9 B/s).
     pub(crate) gbps: f64,
+    /// The writer's and the reader's CPU.
+    pub(crate) cpus: (usize, usize),
     /// The share of the two threads' time spent in waits that outlasted [`MAX_SPIN`] (0 to 1).
     /// Near zero when both really ran side by side; high when they did not (another task on one
     /// of the CPUs, or the host running the two vCPUs in turn): a side spinning while the other
@@ -280,6 +282,7 @@ pub(crate) fn measure(
         let secs = secs?;
         Ok(Ceiling {
             gbps: total as f64 / 1e9 / secs,
+            cpus,
             stalled: long_waits.load(Ordering::Relaxed) as f64 / 1e9 / (2.0 * secs),
         })
     })

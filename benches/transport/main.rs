@@ -44,9 +44,8 @@
 //!   connection at a time, teardown untimed. The 1,000-connection figure counts round trips
 //!   (one 64 B message each way) of all connections together.
 //! - Right after the ring's 64 KiB bulk figure, the same byte counts go through a "shared-memory
-//!   copy ceiling" (`ceiling.rs`): two threads pinned to the run's two CPUs (both ways round
-//!   when the run is unpinned; the faster counts), a plain spinning ring of the same size in
-//!   shared memory, `memcpy` in and out in 64 KiB chunks, nothing else. The details show it,
+//!   copy ceiling" (`ceiling.rs`): two threads pinned where the client and the server ran, a
+//!   plain spinning ring of the same size in shared memory, `memcpy` in and out in 64 KiB chunks, nothing else. The details show it,
 //!   "ring / ceiling" (within each repetition: how much of what the host allowed at that moment
 //!   the ring got, since the host's cross-CPU copy speed moves a lot) and how stalled the probe
 //!   was (a stalled probe is no ceiling).
@@ -282,18 +281,19 @@ impl Runner {
     }
 
     /// The shared-memory copy ceiling (see `ceiling.rs`), right after the ring's 64 KiB figure,
-    /// and the ring's 64 KiB figure as a share of it. The probe's writer and reader are pinned as
-    /// the run pins client and server; unpinned, where the two processes may run either way
-    /// round, it is measured both ways round and the faster counts (the host's two vCPUs are
-    /// not always alike: up to 20% apart in one direction in some minutes).
+    /// and the ring's 64 KiB figure as a share of it. The probe's writer and reader are placed
+    /// as the client and the server ran (pinned, or, unpinned, where they were right after the
+    /// timed transfer: the host's two vCPUs are often not alike, one way round up to 2x slower
+    /// than the other); if that is unknown, both ways round, and the faster counts.
     fn copy_ceiling(&self, out: &mut Out) {
         let o = &self.opts;
         let (first, second) = (self.cpus[0], *self.cpus.get(1).unwrap_or(&self.cpus[0]));
-        let placements = match o.pin {
-            Pin::Same => vec![(first, first)],
-            Pin::Apart => vec![(first, second)],
-            Pin::None if first == second => vec![(first, first)],
-            Pin::None => vec![(first, second), (second, first)],
+        let placements = match (o.pin, out.placement) {
+            (Pin::Same, _) => vec![(first, first)],
+            (Pin::Apart, _) => vec![(first, second)],
+            (Pin::None, Some(ran)) => vec![ran],
+            (Pin::None, None) if first == second => vec![(first, first)],
+            (Pin::None, None) => vec![(first, second), (second, first)],
         };
         let mut best: Option<ceiling::Ceiling> = None;
         for cpus in placements {
@@ -307,8 +307,10 @@ impl Runner {
         let ring = out.vals.iter().find(|(id, _)| id == "bulk64k.gbps");
         let ring = ring.map(|&(_, v)| v);
         eprintln!(
-            "xway-bench: copy ceiling {:.1} GB/s ({:.0}% stalled), ring / ceiling {:.2}",
+            "xway-bench: copy ceiling {:.1} GB/s (writer on CPU {}, reader on CPU {}, {:.0}% stalled), ring / ceiling {:.2}",
             c.gbps,
+            c.cpus.0,
+            c.cpus.1,
             c.stalled * 100.0,
             ring.map_or(f64::NAN, |r| r / c.gbps)
         );
