@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::measure::Usage;
+use crate::measure::{last_cpu, Usage, Who};
 use crate::net::{connect, Conn, Kind};
 use crate::Opts;
 
@@ -24,10 +24,13 @@ pub(crate) struct Out {
     pub(crate) samples: Vec<(String, Vec<f64>)>,
     /// Anything the reader should know (a ring kind that did not get the ring, say).
     pub(crate) notes: Vec<String>,
+    /// Bulk: the CPUs the client and the server child last ran on, right after the timed
+    /// transfer (where the copy ceiling is then measured).
+    pub(crate) placement: Option<(usize, usize)>,
 }
 
 impl Out {
-    fn val(&mut self, id: impl Into<String>, v: f64) {
+    pub(crate) fn val(&mut self, id: impl Into<String>, v: f64) {
         self.vals.push((id.into(), v));
     }
 
@@ -200,6 +203,8 @@ pub(crate) async fn bulk(
     sink_transfer(&mut c, &data, o.bulk_total).await?;
     let secs = t.elapsed().as_secs_f64();
     let usage = usage.delta(&Usage::now(child));
+    out.placement = Some((last_cpu(Who::Me), last_cpu(Who::Pid(child))))
+        .and_then(|(me, other)| Some((me?, other?)));
     let writes = o.bulk_total.div_ceil(chunk as u64);
     out.census(id, census, xway_census(&c), writes);
 

@@ -110,6 +110,25 @@ impl Usage {
 
 // ---- placement and limits ---------------------------------------------------------------------
 
+/// The CPU a process last ran on (`/proc/<pid>/stat`, field 39), or this thread's.
+pub(crate) fn last_cpu(who: Who) -> Option<usize> {
+    match who {
+        Who::Me => {
+            // SAFETY: sched_getcpu has no preconditions.
+            usize::try_from(unsafe { libc::sched_getcpu() }).ok()
+        }
+        Who::Pid(pid) => {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the parenthesised command name start with field 3.
+            stat[stat.rfind(')')? + 2..]
+                .split_whitespace()
+                .nth(36)?
+                .parse()
+                .ok()
+        }
+    }
+}
+
 /// The CPUs this thread may run on.
 pub(crate) fn allowed_cpus() -> Vec<usize> {
     match get_affinity() {

@@ -80,6 +80,11 @@ impl Kind {
     }
 }
 
+/// Ring bytes per direction of the xway clients (and so of their connections).
+pub(crate) fn ring_size() -> usize {
+    Kind::Ring.xway_config(None).ring_size()
+}
+
 /// A connected stream of any kind. The enum dispatch costs the same for every transport.
 #[derive(Debug)]
 pub(crate) enum Conn {

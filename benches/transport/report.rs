@@ -119,6 +119,15 @@ const DETAILS: &[(&str, &str)] = &[
         "context switches per 64 B round trip, one CPU",
     ),
     ("bulk64k.cs", "context switches per 64 KiB write"),
+    (
+        "bulk64k.ceiling",
+        "shared-memory copy ceiling, 64 KiB chunks, GB/s (2 pinned spinning threads, no tokio)",
+    ),
+    ("bulk64k.per_ceiling", "bulk, 64 KiB writes: ring / ceiling"),
+    (
+        "bulk64k.ceiling_stalled",
+        "copy ceiling: share of its time in waits over 20 µs (high: its threads did not run side by side)",
+    ),
     ("bulk64k.cpu_client", "CPU s/GB, 64 KiB writes, client"),
     ("bulk64k.cpu_server", "CPU s/GB, 64 KiB writes, server"),
     ("bulk1m.cpu_client", "CPU s/GB, 1 MiB writes, client"),
@@ -459,10 +468,14 @@ impl<'a> Report<'a> {
             .map(|(id, label)| {
                 let per_rep = &self.res.values[&id];
                 format!(
-                    "    {}: {{\"label\": {}, \"median\": {}}}",
+                    "    {}: {{\"label\": {}, \"median\": {}, \"per_rep\": {}}}",
                     jstr(&id),
                     jstr(&label),
-                    kinds_obj(|k| jnum(kind_median(per_rep, k)))
+                    kinds_obj(|k| jnum(kind_median(per_rep, k))),
+                    kinds_obj(|k| {
+                        let v: Vec<String> = per_rep.iter().map(|x| jnum(x[k.index()])).collect();
+                        format!("[{}]", v.join(", "))
+                    })
                 )
             })
             .collect();
