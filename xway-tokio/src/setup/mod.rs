@@ -437,10 +437,12 @@ fn transport_for(verdict: Verdict) -> Option<FallbackReason> {
 /// Longest a client spins for the server's claim: one cross-CPU wake-up of an idle listener
 /// (20-40 us on small VMs) plus its validation of the offer, with room to spare.
 const CLAIM_SPIN_MAX: Duration = Duration::from_micros(100);
-/// How long a client spinning for its claim now gets (nanoseconds); shared by the process.
-static CLAIM_SPIN_NS: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(CLAIM_SPIN_MAX.as_nanos() as u64);
-/// Connects that skipped spinning since its budget decayed to zero.
+/// Claim spins in a row that ran out (shared by the process).
+static CLAIM_SPIN_MISSES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// After this many misses in a row, only one connect in [`CLAIM_SPIN_PROBE`] spins.
+const CLAIM_SPIN_GIVE_UP: u32 = 3;
+const CLAIM_SPIN_PROBE: u64 = 32;
+/// Connects that skipped spinning since it was given up.
 static CLAIM_SPIN_SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// How long a client polls the TCP connection for a verdict it knows is on its way.
 const VERDICT_POLL: Duration = Duration::from_micros(50);
@@ -478,30 +480,27 @@ fn verdict_without_sleeping(
 
 /// Yield-spins until the setup state leaves `OFFERED`; true if it did.
 ///
-/// Bounded by a process-wide budget that adapts like the ring's spinner: a spin that sees the
-/// claim restores [`CLAIM_SPIN_MAX`], one that runs out divides the budget by four, and once it
-/// is below 5 us only one connect in 32 probes. A listener that is slow to accept (or that runs
-/// on this very thread) thus soon costs no spinning at all. Each round yields the CPU, so a
-/// listener that needs this CPU to accept gets it at once.
+/// Spins for at most [`CLAIM_SPIN_MAX`]. After [`CLAIM_SPIN_GIVE_UP`] spins in a row ran out,
+/// only one connect in [`CLAIM_SPIN_PROBE`] spins until one sees its claim again: a listener
+/// that is slow to accept (or that runs on this very thread) soon costs no spinning at all,
+/// while one late claim among many prompt ones (a busy moment of the host) changes nothing.
+/// Each round yields the CPU, so a listener that needs this CPU to accept gets it at once.
 fn spin_for_claim(region: &Region) -> bool {
     use std::sync::atomic::Ordering;
-    let max = CLAIM_SPIN_MAX.as_nanos() as u64;
-    let mut budget = CLAIM_SPIN_NS.load(Ordering::Relaxed);
-    if budget == 0 {
-        if CLAIM_SPIN_SKIPPED.fetch_add(1, Ordering::Relaxed) % 32 != 31 {
-            return false;
-        }
-        budget = max / 2;
+    if CLAIM_SPIN_MISSES.load(Ordering::Relaxed) >= CLAIM_SPIN_GIVE_UP
+        && CLAIM_SPIN_SKIPPED.fetch_add(1, Ordering::Relaxed) % CLAIM_SPIN_PROBE
+            != CLAIM_SPIN_PROBE - 1
+    {
+        return false;
     }
     let start = Instant::now();
     loop {
         if region.load(STATE_OFFSET, Ordering::Acquire) != state::OFFERED {
-            CLAIM_SPIN_NS.store(max, Ordering::Relaxed);
+            CLAIM_SPIN_MISSES.store(0, Ordering::Relaxed);
             return true;
         }
-        if start.elapsed().as_nanos() as u64 >= budget {
-            let next = budget / 4;
-            CLAIM_SPIN_NS.store(if next < 5_000 { 0 } else { next }, Ordering::Relaxed);
+        if start.elapsed() >= CLAIM_SPIN_MAX {
+            CLAIM_SPIN_MISSES.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         crate::sys::yield_cpu();
