@@ -152,7 +152,7 @@ async fn hostile_connect(server: SocketAddr, lie: Lie) -> TcpStream {
 
 fn send_offer(server: SocketAddr, offer: &[u8], fds: &[i32]) {
     use std::os::linux::net::SocketAddrExt;
-    let name = format!("xway/1/127.0.0.1/{}", server.port());
+    let name = format!("xway/2/127.0.0.1/{}", server.port());
     let conn = std::os::unix::net::UnixStream::connect_addr(
         &std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap(),
     )
@@ -294,7 +294,7 @@ async fn a_flood_of_offers_costs_a_bounded_number_of_descriptors() {
         send_offer(addr, &offer, &[m.as_raw_fd(), a.as_raw_fd()]);
         drop((m, a));
         if i % 50 == 49 {
-            // The listener drains its rendezvous socket on every accept.
+            // The listener receives (and opens) offers as they arrive and on every accept.
             honest_round_trip(addr, &listener).await;
             peak = peak.max(fd_count());
         }

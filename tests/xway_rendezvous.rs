@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::linux::net::SocketAddrExt;
 use std::time::Duration;
 
 use common::fd_count;
@@ -76,4 +77,62 @@ async fn rendezvous_connections_close_once_the_process_stops_connecting() {
     );
     drop(listener);
     assert_eq!(fd_count(), before);
+}
+
+#[tokio::test]
+async fn each_connect_checks_the_listeners_user_even_on_a_kept_connection() {
+    let listener = XwayListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    ring_round_trip(&listener).await;
+    // The rendezvous connection is kept, but this connect's policy excludes the listener's
+    // user (ours): no offer may be sent.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let someone_else = unsafe { libc::geteuid() }.wrapping_add(1);
+    let config = xway_tokio::XwayConfig::builder()
+        .uid_policy(xway_tokio::UidPolicy::Allow(vec![someone_else]))
+        .build();
+    let (client, server) = tokio::join!(XwayStream::connect_with(addr, &config), listener.accept());
+    let (client, (server, _)) = (client.unwrap(), server.unwrap());
+    assert!(
+        matches!(
+            client.transport().fallback_reason(),
+            Some(xway_tokio::FallbackReason::PeerUidRejected { .. })
+        ),
+        "{}",
+        client.transport()
+    );
+    assert!(!server.transport().is_ring());
+}
+
+#[tokio::test]
+async fn a_rendezvous_connection_closed_for_room_loses_no_offer() {
+    let listener = XwayListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    ring_round_trip(&listener).await;
+    // Fill the listener's table of rendezvous connections (256) with idle ones, newer than ours.
+    let name = format!("xway/2/127.0.0.1/{}", addr.port());
+    let connect_raw = || {
+        std::os::unix::net::UnixStream::connect_addr(
+            &std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut idle: Vec<_> = (0..255).map(|_| connect_raw()).collect();
+    let _ = tokio::time::timeout(Duration::from_millis(20), listener.accept()).await;
+    // One more arrives, then our offer: the listener meets both in one round, and making room
+    // for the newcomer closes our connection, the least recently used, with the offer queued.
+    idle.push(connect_raw());
+    let config = xway_tokio::XwayConfig::builder()
+        .rendezvous_timeout(Duration::from_secs(5))
+        .build();
+    let started = std::time::Instant::now();
+    let (client, server) = tokio::join!(XwayStream::connect_with(addr, &config), listener.accept());
+    let (client, (server, _)) = (client.unwrap(), server.unwrap());
+    assert!(client.transport().is_ring(), "{}", client.transport());
+    assert!(server.transport().is_ring(), "{}", server.transport());
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // And the next connect, whose kept connection is now closed, finds the listener again.
+    drop(client);
+    drop(server);
+    ring_round_trip(&listener).await;
 }

@@ -282,6 +282,13 @@ pub(crate) fn connect_abstract(name: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Shuts a socket down for reading: the peer's further sends fail (`EPIPE`); what it sent
+/// before can still be received.
+pub(crate) fn shutdown_read(sock: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: no pointers.
+    syscall!(shutdown(sock.as_raw_fd(), libc::SHUT_RD)).map(drop)
+}
+
 /// Accepts one pending connection without blocking.
 pub(crate) fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
@@ -498,6 +505,40 @@ pub(crate) fn epoll_ready(ep: BorrowedFd<'_>, tokens: &mut [u64]) -> io::Result<
     Ok(n)
 }
 
+/// A descriptor's number, for a tokio registration of a descriptor owned elsewhere (see
+/// [`register_fd_number`]).
+#[derive(Debug)]
+pub(crate) struct FdNumber(RawFd);
+
+impl AsRawFd for FdNumber {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Registers `fd` with the current tokio reactor for readability, without taking it over.
+///
+/// The caller keeps `fd` open for as long as the returned registration lives (drop the
+/// registration first); that is what makes the registration sound.
+///
+/// # Panics
+///
+/// Outside a tokio runtime (tokio's rule).
+pub(crate) fn register_fd_number(
+    fd: BorrowedFd<'_>,
+) -> io::Result<tokio::io::unix::AsyncFd<FdNumber>> {
+    // SAFETY: the caller keeps the descriptor open, referring to the same file description,
+    // until the registration is dropped (see the function docs), so `as_raw_fd` names the
+    // registered descriptor for the registration's whole lifetime.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            FdNumber(fd.as_raw_fd()),
+            tokio::io::Interest::READABLE,
+        )
+    }
+    .map_err(|e| e.into_parts().1)
+}
+
 /// Registers a descriptor this process owns with the current tokio reactor for readability.
 ///
 /// # Panics
@@ -642,6 +683,23 @@ mod tests {
             recv_with_fds(s.as_fd(), &mut buf).unwrap_err().kind(),
             io::ErrorKind::WouldBlock
         );
+    }
+
+    #[test]
+    fn a_connection_shut_down_for_reading_still_delivers_what_came_before_and_refuses_more() {
+        let name = format!("xway-test/sys/shut/{}", std::process::id());
+        let l = listen_abstract(name.as_bytes()).unwrap();
+        let c = connect_abstract(name.as_bytes()).unwrap();
+        let s = accept_nonblocking(l.as_fd()).unwrap();
+        let (bell, _other) = doorbell_pair().unwrap();
+        send_with_fds(c.as_fd(), b"first", &[bell.as_fd()]).unwrap();
+        shutdown_read(s.as_fd()).unwrap();
+        let err = send_with_fds(c.as_fd(), b"second", &[bell.as_fd()]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        let mut buf = [0u8; 8];
+        let (n, fds) = recv_with_fds(s.as_fd(), &mut buf).unwrap();
+        assert_eq!((&buf[..n], fds.len()), (&b"first"[..], 1));
+        assert_eq!(recv_with_fds(s.as_fd(), &mut buf).unwrap().0, 0);
     }
 
     #[test]

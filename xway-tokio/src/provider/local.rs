@@ -4,7 +4,7 @@
 //! - **Doorbells**: a connected pair of Unix datagram sockets, one end per side, registered
 //!   with tokio through [`AsyncFd`]; a byte sent on one end wakes the other.
 //! - **Rendezvous**: a listener bound to `ip:port` listens on the abstract Unix socket
-//!   `xway/1/<ip>/<port>` (abstract names live in the network namespace, like the TCP port).
+//!   `xway/2/<ip>/<port>` (abstract names live in the network namespace, like the TCP port).
 //!   A client connecting to `ip:port` looks for that name, checks the listener's user with
 //!   `SO_PEERCRED`, and sends its offer with the memfd and the server's doorbell end (`SCM_RIGHTS`)
 //!   *before* its TCP SYN. It keeps that rendezvous connection for its next connects (until it
@@ -37,8 +37,12 @@ const OFFER_TTL: Duration = Duration::from_secs(10);
 const MAX_PENDING_OFFERS: usize = 256;
 
 /// The rendezvous name of a listener bound to `addr`.
+///
+/// Version 2: a rendezvous connection carries any number of offers. (A version-1 listener
+/// read one offer per connection and closed it, so a newer client would lose the offers it
+/// sent meanwhile; with distinct names, the two just do not meet and use TCP.)
 fn rendezvous_name(ip: IpAddr, port: u16) -> Vec<u8> {
-    format!("xway/1/{}/{}", ip.to_canonical(), port).into_bytes()
+    format!("xway/2/{}/{}", ip.to_canonical(), port).into_bytes()
 }
 
 /// Most queued wake-ups consumed per wake. A peer that floods us can only make us poll again,
@@ -120,8 +124,12 @@ const LISTENING: u64 = u64::MAX;
 /// way, and at accept time only looks it up.
 #[derive(Debug)]
 pub(crate) struct Advertisement {
+    /// The epoll set's registration with tokio, made on the first poll (so that a listener can
+    /// be built outside a runtime). Declared before `watch`: it is dropped first.
+    registered: std::sync::OnceLock<AsyncFd<sys::FdNumber>>,
+    /// The private epoll set: the listening socket and every rendezvous connection.
+    watch: OwnedFd,
     socket: OwnedFd,
-    watch: AsyncFd<OwnedFd>,
     name: String,
     uid_policy: UidPolicy,
     pending: Mutex<Pending>,
@@ -132,15 +140,15 @@ pub(crate) struct Advertisement {
 impl Advertisement {
     /// Advertises a listener bound to `local`. Fails with `AddrInUse` if another process holds
     /// the name (another listener on the same address with `SO_REUSEPORT`, or a squatter).
-    /// Must be called within a tokio runtime.
     pub(crate) fn bind(local: SocketAddr, uid_policy: UidPolicy) -> io::Result<Advertisement> {
         let name = rendezvous_name(local.ip(), local.port());
         let socket = sys::listen_abstract(&name)?;
         let watch = sys::epoll_set()?;
         sys::epoll_watch(watch.as_fd(), socket.as_fd(), LISTENING)?;
         Ok(Advertisement {
+            registered: std::sync::OnceLock::new(),
+            watch,
             socket,
-            watch: sys::register_readable(watch)?,
             name: String::from_utf8_lossy(&name).into_owned(),
             uid_policy,
             pending: Mutex::new(Pending::default()),
@@ -170,8 +178,19 @@ impl Advertisement {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 != before
         };
+        let registered = match self.registered.get() {
+            Some(registered) => registered,
+            None => match sys::register_fd_number(self.watch.as_fd()) {
+                Ok(registered) => self.registered.get_or_init(|| registered),
+                Err(e) => {
+                    // Offers are then received when connections are accepted (`take_offer`).
+                    tracing::debug!(error = %e, "xway: cannot watch the rendezvous");
+                    return false;
+                }
+            },
+        };
         for _ in 0..MAX_ROUNDS {
-            let mut ready = match self.watch.poll_read_ready(cx) {
+            let mut ready = match registered.poll_read_ready(cx) {
                 Poll::Ready(Ok(ready)) => ready,
                 Poll::Ready(Err(e)) => {
                     tracing::debug!(error = %e, "xway: polling the rendezvous failed");
@@ -212,7 +231,7 @@ impl Advertisement {
     /// some. True if there may be more.
     fn receive(&self, p: &mut Pending, now: Instant) -> bool {
         let mut tokens = [0u64; 32];
-        let n = match sys::epoll_ready(self.watch.get_ref().as_fd(), &mut tokens) {
+        let n = match sys::epoll_ready(self.watch.as_fd(), &mut tokens) {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "xway: reading the rendezvous epoll set failed");
@@ -230,6 +249,27 @@ impl Advertisement {
         p.offers
             .retain(|_, o| now.duration_since(o.received) <= OFFER_TTL);
         more
+    }
+
+    /// Closes the rendezvous connection used least recently, without losing an offer: reading
+    /// is shut down first, so that its client's next send fails and it reconnects, and what
+    /// was sent before is received.
+    fn evict_least_recently_used(&self, p: &mut Pending, now: Instant) {
+        let Some(oldest) = p
+            .channels
+            .iter()
+            .min_by_key(|(_, c)| c.last_used)
+            .map(|(token, _)| *token)
+        else {
+            return;
+        };
+        if let Some(channel) = p.channels.get(&oldest) {
+            if let Err(e) = sys::shutdown_read(channel.fd.as_fd()) {
+                tracing::debug!(error = %e, "xway: shutting a rendezvous connection down failed");
+            }
+        }
+        receive_offers(p, oldest, now, &self.offers_received);
+        p.channels.remove(&oldest);
     }
 
     /// Accepts new rendezvous connections (at most [`MAX_DRAIN`]); true if there may be more
@@ -265,14 +305,10 @@ impl Advertisement {
                 }
             }
             if p.channels.len() >= MAX_CHANNELS {
-                // The least recently used goes; its client reconnects on its next offer.
-                if let Some(oldest) = p.channels.iter().min_by_key(|(_, c)| c.last_used) {
-                    let oldest = *oldest.0;
-                    p.channels.remove(&oldest);
-                }
+                self.evict_least_recently_used(p, now);
             }
             let token = conn.as_raw_fd() as u64;
-            match sys::epoll_watch(self.watch.get_ref().as_fd(), conn.as_fd(), token) {
+            match sys::epoll_watch(self.watch.as_fd(), conn.as_fd(), token) {
                 Ok(()) => {
                     accepted = true;
                     p.channels.insert(
@@ -293,7 +329,7 @@ impl Advertisement {
 /// Most rounds of receiving per poll; beyond, the task yields and comes back.
 const MAX_ROUNDS: usize = 4;
 /// At most this many client processes keep a rendezvous connection open at once.
-const MAX_CHANNELS: usize = 64;
+const MAX_CHANNELS: usize = 256;
 
 /// Receives the offers queued on one connection (at most [`MAX_DRAIN`]) and opens them; true
 /// if there may be more. The connection is closed at its end, and on anything that is not a
@@ -476,6 +512,9 @@ pub(crate) struct Rendezvous {
     /// Offers are sent under this lock, so that two connects never interleave their bytes.
     fd: Mutex<OwnedFd>,
     dst: SocketAddr,
+    /// The listener's user, as `SO_PEERCRED` said when the connection was made: each connect
+    /// checks it against its own uid policy.
+    uid: u32,
 }
 
 /// This process's rendezvous connections, by destination.
@@ -518,15 +557,20 @@ pub(crate) fn find_listener(
     policy: &UidPolicy,
 ) -> Result<Option<Arc<Rendezvous>>, FallbackReason> {
     let dst = canonical(dst);
-    if let Some(found) = rendezvous_cache().get(dst) {
-        return Ok(Some(found.clone()));
+    let cached = rendezvous_cache().get(dst).cloned();
+    if let Some(found) = cached {
+        if !policy.allows(found.uid, sys::current_uid()) {
+            return Err(FallbackReason::PeerUidRejected { uid: found.uid });
+        }
+        return Ok(Some(found));
     }
-    let Some(fd) = lookup(dst, policy)? else {
+    let Some((fd, uid)) = lookup(dst, policy)? else {
         return Ok(None);
     };
     let rendezvous = Arc::new(Rendezvous {
         fd: Mutex::new(fd),
         dst,
+        uid,
     });
     let mut cache = rendezvous_cache();
     cache.by_dst.retain(|r| r.dst != dst);
@@ -590,7 +634,7 @@ fn forget(rendezvous: &Arc<Rendezvous>) {
 /// `Ok(None)`: nobody advertises it (plain TCP at the cost of one or two failed `connect`s on
 /// abstract sockets, a few microseconds). `Err(reason)`: somebody does, but the ring must not
 /// be used with them.
-fn lookup(dst: SocketAddr, policy: &UidPolicy) -> Result<Option<OwnedFd>, FallbackReason> {
+fn lookup(dst: SocketAddr, policy: &UidPolicy) -> Result<Option<(OwnedFd, u32)>, FallbackReason> {
     let ip = dst.ip().to_canonical();
     let mut names = vec![rendezvous_name(ip, dst.port())];
     let wildcards: &[IpAddr] = match ip {
@@ -627,7 +671,7 @@ fn lookup(dst: SocketAddr, policy: &UidPolicy) -> Result<Option<OwnedFd>, Fallba
         if !policy.allows(cred.uid, sys::current_uid()) {
             return Err(FallbackReason::PeerUidRejected { uid: cred.uid });
         }
-        return Ok(Some(sock));
+        return Ok(Some((sock, cred.uid)));
     }
     Ok(None)
 }

@@ -10,8 +10,9 @@
 //!    region's state `OFFERED -> ABANDONED` by compare-and-swap; if that wins, use TCP (the
 //!    server will now stay silent); if the server won first, its verdict is on the way.
 //!
-//! **Server** ([`accept_ring`]), when the TCP connection is accepted: look up the offer for
-//! exactly this 4-tuple. None: plain TCP at once. Present: validate and map; claim the region
+//! **Server** ([`accept`]): the local provider validates and maps each offer as it arrives (see
+//! [`crate::provider::local`]). When the TCP connection is accepted, look up the offer for
+//! exactly this 4-tuple. None: plain TCP at once. Present: claim the region
 //! (`OFFERED -> CLAIMED`) or decline it (`OFFERED -> DECLINED`), and only if the swap wins,
 //! write the verdict on the TCP connection. A client that has abandoned never sees a byte.
 //!
