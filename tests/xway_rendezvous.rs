@@ -1,7 +1,8 @@
 //! The rendezvous connection a client process keeps to a listener: one for all its connects,
 //! replaced when the listener goes away, and never a reason for a connect to wait.
 //!
-//! Descriptor counts are per process, so these tests have a test binary of their own.
+//! Descriptor counts are per process, so these tests have a test binary of their own and run
+//! one at a time (`cargo test` runs a binary's tests on threads of one process).
 
 mod common;
 
@@ -11,6 +12,9 @@ use std::time::Duration;
 use common::fd_count;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xway_tokio::{XwayListener, XwayStream};
+
+/// Held by every test of this file for its whole run.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One byte there and back over a ring connection the listener accepted.
 async fn ring_round_trip(listener: &XwayListener) {
@@ -29,21 +33,23 @@ async fn ring_round_trip(listener: &XwayListener) {
 
 #[tokio::test]
 async fn many_connects_share_one_rendezvous_connection() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let listener = XwayListener::bind("127.0.0.1:0").await.unwrap();
     ring_round_trip(&listener).await;
     let after_first = fd_count();
     for _ in 0..50 {
         ring_round_trip(&listener).await;
     }
-    assert_eq!(
-        fd_count(),
-        after_first,
+    // At most: what earlier tests of this process left may be closed meanwhile.
+    assert!(
+        fd_count() <= after_first,
         "later connects opened no descriptor that outlived them"
     );
 }
 
 #[tokio::test]
 async fn a_listener_restarted_on_the_same_port_gets_rings_again() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let first = XwayListener::bind("127.0.0.1:0").await.unwrap();
     let addr = first.local_addr().unwrap();
     ring_round_trip(&first).await;
@@ -62,6 +68,7 @@ async fn a_listener_restarted_on_the_same_port_gets_rings_again() {
 
 #[tokio::test]
 async fn rendezvous_connections_close_once_the_process_stops_connecting() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let before = fd_count();
     let listener = XwayListener::bind("127.0.0.1:0").await.unwrap();
     let with_listener = fd_count();
@@ -70,17 +77,17 @@ async fn rendezvous_connections_close_once_the_process_stops_connecting() {
     // it next polls for connections.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _ = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
-    assert_eq!(
-        fd_count(),
-        with_listener,
+    assert!(
+        fd_count() <= with_listener,
         "only the listener's own descriptors remain"
     );
     drop(listener);
-    assert_eq!(fd_count(), before);
+    assert!(fd_count() <= before);
 }
 
 #[tokio::test]
 async fn each_connect_checks_the_listeners_user_even_on_a_kept_connection() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let listener = XwayListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     ring_round_trip(&listener).await;
@@ -106,6 +113,7 @@ async fn each_connect_checks_the_listeners_user_even_on_a_kept_connection() {
 
 #[tokio::test]
 async fn a_rendezvous_connection_closed_for_room_loses_no_offer() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let listener = XwayListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     ring_round_trip(&listener).await;
