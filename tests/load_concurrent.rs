@@ -72,7 +72,12 @@ async fn a_thousand_concurrent_ring_connections_with_traffic() {
     let connected = started.elapsed();
     let rings = streams.iter().filter(|s| s.transport().is_ring()).count();
     assert_eq!(rings, conns, "every connection should get the ring");
-    assert_eq!(ring_mappings(), conns);
+    // Plus the spare rings this process keeps mapped for its next connects (at most 4).
+    let mapped = ring_mappings();
+    assert!(
+        (conns..=conns + 4).contains(&mapped),
+        "{mapped} ring mappings for {conns} connections"
+    );
 
     // Traffic on all of them at once.
     const BYTES: usize = 64 << 10;
@@ -111,7 +116,7 @@ async fn a_thousand_concurrent_ring_connections_with_traffic() {
         (conns * BYTES) >> 20,
         (conns * BYTES) as f64 / 1048576.0 / moved.as_secs_f64()
     );
-    // All closed: nothing left on this side.
+    // All closed (spares too: they go after a second without connects): nothing left here.
     let deadline = Instant::now() + Duration::from_secs(5);
     while (common::fd_count() > fds_before + 1 || ring_mappings() > 0) && Instant::now() < deadline
     {
