@@ -588,21 +588,34 @@ impl XwayStream {
         match &self.inner {
             Inner::Tcp(t) => loop {
                 ready!(t.poll_read_ready(cx))?;
+                let want = buf.remaining();
+                let mut received = None;
                 let res = t.try_io(Interest::READABLE, || {
                     // SAFETY: `recv` only writes initialised bytes; `assume_init` below covers
                     // exactly the bytes it reported.
                     let dst: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
-                    socket2::SockRef::from(t).recv(dst)
+                    let n = socket2::SockRef::from(t).recv(dst)?;
+                    received = Some(n);
+                    // As in tokio's own `TcpStream`: a read that did not fill the buffer
+                    // drained the socket, so the readiness this read used is cleared now
+                    // (by answering "would block" for it) rather than by one more `recv`
+                    // that would fail. Readiness that arrived meanwhile is kept by tokio.
+                    if n > 0 && n < want {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
                 });
-                match res {
-                    Ok(n) => {
+                match (received, res) {
+                    (Some(n), _) => {
                         // SAFETY: the kernel initialised `n` bytes of the unfilled part.
                         unsafe { buf.assume_init(n) };
                         buf.advance(n);
                         return Poll::Ready(Ok(()));
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Poll::Ready(Err(e)),
+                    (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    (None, Err(e)) => return Poll::Ready(Err(e)),
+                    (None, Ok(())) => unreachable!("a successful recv reports its length"),
                 }
             },
             Inner::Ring(r) => r.poll_read(cx, buf),
