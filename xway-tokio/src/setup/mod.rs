@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::config::{EffectiveMode, XwayConfig};
 use crate::provider::local::{self, Advertisement, ClientRing, Opened};
@@ -76,31 +76,15 @@ pub(crate) async fn connect_addr(addr: SocketAddr, config: &XwayConfig) -> io::R
         Ok(None) => return connect_xen(addr, config, required).await,
         Err(reason) => return tcp(TcpStream::connect(addr).await?, reason, required),
     };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM.nonblocking().cloexec(),
-        Some(socket2::Protocol::TCP),
-    )?;
+    let socket = new_socket(addr)?;
     // The listener is on this host, so the destination is one of our addresses: binding to it
     // fixes the source address and port, and the offer can name the exact 4-tuple.
-    let bound = socket
-        .bind(&SocketAddr::new(addr.ip(), 0).into())
-        .and_then(|()| socket.local_addr())
-        .and_then(|a| {
-            a.as_socket()
-                .ok_or_else(|| io::Error::other("not an IP address"))
-        });
-    let client = match bound {
-        Ok(client) => canonical(client),
-        Err(e) => {
-            let reason = FallbackReason::SetupFailed {
-                error: format!("binding the client socket: {e}"),
-            };
-            return tcp(TcpStream::connect(addr).await?, reason, required);
-        }
+    let client = match bind_client(&socket, Ok(addr.ip())) {
+        Ok(client) => client,
+        Err(reason) => return tcp(TcpStream::connect(addr).await?, reason, required),
     };
     let offered = offer_ring(client, addr, config, rendezvous);
-    let mut stream = connect_on_host(socket, addr).await?;
+    let mut stream = connect_bound(socket, addr).await?;
     let ring = match offered {
         Ok(ring) => ring,
         Err(reason) => return tcp(stream, reason, required),
@@ -155,30 +139,28 @@ async fn connect_xen(
     let socket = new_socket(addr)?;
     // Guests of one host talk over a bridge, without NAT: the source address the kernel would
     // pick is the one the server sees, and binding to it fixes the 4-tuple the offer names.
-    if let Err(e) = source_ip(addr).and_then(|ip| socket.bind(SocketAddr::new(ip, 0))) {
-        let reason = FallbackReason::SetupFailed {
-            error: format!("binding the client socket: {e}"),
-        };
-        return tcp(TcpStream::connect(addr).await?, reason, required);
-    }
+    let client = match bind_client(&socket, source_ip(addr)) {
+        Ok(client) => client,
+        Err(reason) => return tcp(TcpStream::connect(addr).await?, reason, required),
+    };
     let header = match new_nonce() {
         Ok(nonce) => Header {
             layout: Layout::symmetric(config.xen_ring_order()).expect("config clamps the order"),
             nonce,
-            client: canonical(socket.local_addr()?),
+            client,
             server: canonical(addr),
         },
-        Err(reason) => return tcp(socket.connect(addr).await?, reason, required),
+        Err(reason) => return tcp(connect_bound(socket, addr).await?, reason, required),
     };
     let mut ring = match xen::offer(target, &header).await {
         Ok(ring) => ring,
-        Err(reason) => return tcp(socket.connect(addr).await?, reason, required),
+        Err(reason) => return tcp(connect_bound(socket, addr).await?, reason, required),
     };
     let mut abandon = AbandonOnDrop {
         region: ring.region.clone(),
         armed: true,
     };
-    let mut stream = socket.connect(addr).await?;
+    let mut stream = connect_bound(socket, addr).await?;
     let timeout = config.rendezvous_timeout();
     match await_verdict(&mut stream, &ring.region, &header.nonce, timeout).await? {
         None => {
@@ -203,11 +185,38 @@ async fn connect_xen(
     }
 }
 
-/// Connects a socket to a listener on this host. The loopback handshake completes inside the
-/// `connect` call, so the socket is usually writable at once: it is then handed to tokio without
-/// the reactor round trip (a yield and an `epoll_wait`) that tokio's `connect` takes to learn
-/// that. Otherwise this waits like tokio's `connect`.
-async fn connect_on_host(socket: socket2::Socket, addr: SocketAddr) -> io::Result<TcpStream> {
+/// A non-blocking TCP socket for connecting to `addr`.
+fn new_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::TCP),
+    )
+}
+
+/// Binds `socket` to `ip` and a port the kernel picks, so that the offer can name the
+/// connection's exact 4-tuple before the SYN; the canonical client address, or why not.
+fn bind_client(
+    socket: &socket2::Socket,
+    ip: io::Result<std::net::IpAddr>,
+) -> Result<SocketAddr, FallbackReason> {
+    ip.and_then(|ip| socket.bind(&SocketAddr::new(ip, 0).into()))
+        .and_then(|()| socket.local_addr())
+        .and_then(|a| {
+            a.as_socket()
+                .ok_or_else(|| io::Error::other("not an IP address"))
+        })
+        .map(canonical)
+        .map_err(|e| FallbackReason::SetupFailed {
+            error: format!("binding the client socket: {e}"),
+        })
+}
+
+/// Connects a bound socket, like tokio's `connect`. To a listener on this host the loopback
+/// handshake completes inside the `connect` call, so the socket is usually writable at once:
+/// it is then handed to tokio without the reactor round trip (a yield and an `epoll_wait`)
+/// that tokio's `connect` takes to learn that.
+async fn connect_bound(socket: socket2::Socket, addr: SocketAddr) -> io::Result<TcpStream> {
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -221,14 +230,6 @@ async fn connect_on_host(socket: socket2::Socket, addr: SocketAddr) -> io::Resul
     match stream.take_error()? {
         Some(e) => Err(e),
         None => Ok(stream),
-    }
-}
-
-fn new_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
-    if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
     }
 }
 
@@ -451,7 +452,7 @@ const VERDICT_POLL: Duration = Duration::from_micros(50);
 /// The local provider's fast path before [`await_verdict`]: `None` if the verdict is not
 /// decided after a short, bounded spin, and the caller waits for it as usual. (Between Xen
 /// guests the listener's claim takes XenStore round trips, far longer than this spin; its
-/// process-wide budget and the local spare rings are the local provider's alone.)
+/// process-wide state and the local spare rings are the local provider's alone.)
 ///
 /// Waiting for the verdict the usual way costs a sleep and a cross-process wake-up. But a
 /// listener that is accepting decides within one wake-up of its own, and it writes the verdict
