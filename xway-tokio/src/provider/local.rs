@@ -110,6 +110,8 @@ struct Pending {
     channels: HashMap<u64, Channel>,
     /// Offers by (client, server) address as each side sees them, canonicalised.
     offers: HashMap<(SocketAddr, SocketAddr), Prepared>,
+    /// Offers received so far (for [`Advertisement::poll_offers`]'s answer).
+    received: u64,
 }
 
 /// The token of the listening socket in the epoll set (descriptor numbers are smaller).
@@ -133,8 +135,6 @@ pub(crate) struct Advertisement {
     name: String,
     uid_policy: UidPolicy,
     pending: Mutex<Pending>,
-    /// Offers received so far (for [`Advertisement::poll_offers`]'s answer).
-    offers_received: std::sync::atomic::AtomicU64,
 }
 
 impl Advertisement {
@@ -152,7 +152,6 @@ impl Advertisement {
             name: String::from_utf8_lossy(&name).into_owned(),
             uid_policy,
             pending: Mutex::new(Pending::default()),
-            offers_received: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -170,14 +169,8 @@ impl Advertisement {
     /// woken when more arrive; true if any arrived. Never blocks; problems only ever mean TCP
     /// for their connection.
     pub(crate) fn poll_offers(&self, cx: &mut Context<'_>) -> bool {
-        let before = self
-            .offers_received
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let arrived = || {
-            self.offers_received
-                .load(std::sync::atomic::Ordering::Relaxed)
-                != before
-        };
+        let before = self.lock().received;
+        let arrived = || self.lock().received != before;
         let registered = match self.registered.get() {
             Some(registered) => registered,
             None => match sys::register_fd_number(self.watch.as_fd()) {
@@ -243,7 +236,7 @@ impl Advertisement {
             more |= if token == LISTENING {
                 self.accept_channels(p, now)
             } else {
-                receive_offers(p, token, now, &self.offers_received)
+                receive_offers(p, token, now)
             };
         }
         p.offers
@@ -268,7 +261,7 @@ impl Advertisement {
                 tracing::debug!(error = %e, "xway: shutting a rendezvous connection down failed");
             }
         }
-        receive_offers(p, oldest, now, &self.offers_received);
+        receive_offers(p, oldest, now);
         p.channels.remove(&oldest);
     }
 
@@ -334,12 +327,7 @@ const MAX_CHANNELS: usize = 256;
 /// Receives the offers queued on one connection (at most [`MAX_DRAIN`]) and opens them; true
 /// if there may be more. The connection is closed at its end, and on anything that is not a
 /// well-formed offer: an honest client never sends that, and it reconnects on its next offer.
-fn receive_offers(
-    p: &mut Pending,
-    token: u64,
-    now: Instant,
-    count: &std::sync::atomic::AtomicU64,
-) -> bool {
+fn receive_offers(p: &mut Pending, token: u64, now: Instant) -> bool {
     let Some(channel) = p.channels.get_mut(&token) else {
         return false;
     };
@@ -385,7 +373,7 @@ fn receive_offers(
         p.channels.remove(&token);
         more = false;
     }
-    count.fetch_add(received.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    p.received += received.len() as u64;
     for (offer, fds) in received {
         if p.offers.len() >= MAX_PENDING_OFFERS {
             evict_oldest(&mut p.offers);
@@ -559,9 +547,7 @@ pub(crate) fn find_listener(
     let dst = canonical(dst);
     let cached = rendezvous_cache().get(dst).cloned();
     if let Some(found) = cached {
-        if !policy.allows(found.uid, sys::current_uid()) {
-            return Err(FallbackReason::PeerUidRejected { uid: found.uid });
-        }
+        check_listener_user(policy, found.uid)?;
         return Ok(Some(found));
     }
     let Some((fd, uid)) = lookup(dst, policy)? else {
@@ -622,6 +608,15 @@ pub(crate) fn send_offer(
     }
 }
 
+/// Whether this connect's uid policy allows a listener run by `uid`.
+fn check_listener_user(policy: &UidPolicy, uid: u32) -> Result<(), FallbackReason> {
+    if policy.allows(uid, sys::current_uid()) {
+        Ok(())
+    } else {
+        Err(FallbackReason::PeerUidRejected { uid })
+    }
+}
+
 /// Drops a rendezvous connection from the cache (the next connect looks the listener up anew).
 fn forget(rendezvous: &Arc<Rendezvous>) {
     rendezvous_cache()
@@ -668,9 +663,7 @@ fn lookup(dst: SocketAddr, policy: &UidPolicy) -> Result<Option<(OwnedFd, u32)>,
         let cred = sys::peer_cred(sock.as_fd()).map_err(|e| FallbackReason::SetupFailed {
             error: format!("SO_PEERCRED: {e}"),
         })?;
-        if !policy.allows(cred.uid, sys::current_uid()) {
-            return Err(FallbackReason::PeerUidRejected { uid: cred.uid });
-        }
+        check_listener_user(policy, cred.uid)?;
         return Ok(Some((sock, cred.uid)));
     }
     Ok(None)
