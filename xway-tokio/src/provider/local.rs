@@ -686,7 +686,7 @@ impl ClientRing {
     /// longer fail on this side).
     ///
     /// Takes a spare ring from this process's pool when one of the right layout is there (see
-    /// [`prepare_spare_ring`]); creates one otherwise.
+    /// [`build_spare_step`]); creates one otherwise.
     pub(crate) fn create(header: &Header) -> io::Result<ClientRing> {
         let spare = match take_spare(header.layout) {
             Some(spare) => spare,
@@ -764,35 +764,79 @@ struct Spare {
 }
 
 impl Spare {
-    /// `prepare`: also allocate, map and touch what the first exchange uses, so that none of
-    /// it is on the next connect's critical path (a connect that finds no spare skips this).
+    /// A spare made in one go: see [`SpareBuild`] for what `prepare` adds.
     fn create(layout: Layout, prepare: bool) -> io::Result<Spare> {
-        let memfd = sys::memfd_sealed(layout.region_len())?;
-        let region = if prepare {
+        let mut build = SpareBuild::new(layout, prepare);
+        loop {
+            if let Some(spare) = build.step()? {
+                return Ok(spare);
+            }
+        }
+    }
+}
+
+/// A spare ring under construction, one step of a few system calls at a time.
+///
+/// A client builds its next spare while it waits for its listener's claim (see
+/// [`build_spare_step`]): between steps it looks at the claim again, so building never delays
+/// the connect that waits.
+#[derive(Debug)]
+struct SpareBuild {
+    layout: Layout,
+    /// Also allocate, map and touch what the first exchange uses, so that none of it is on the
+    /// next connect's critical path (a connect that finds no spare skips this).
+    prepare: bool,
+    memfd: Option<OwnedFd>,
+    allocated: bool,
+    region: Option<Region>,
+}
+
+impl SpareBuild {
+    fn new(layout: Layout, prepare: bool) -> SpareBuild {
+        SpareBuild {
+            layout,
+            prepare,
+            memfd: None,
+            allocated: false,
+            region: None,
+        }
+    }
+
+    /// Takes the next step; the spare once the last one is done.
+    fn step(&mut self) -> io::Result<Option<Spare>> {
+        let layout = self.layout;
+        let Some(memfd) = &self.memfd else {
+            self.memfd = Some(sys::memfd_sealed(layout.region_len())?);
+            return Ok(None);
+        };
+        if self.prepare && !self.allocated {
             // Allocating (and zeroing) a page of shared memory at its first touch costs
             // microseconds; the first exchange touches the control page and the first page of
-            // each ring, on both sides. Allocated here, those touches are minor faults, and
-            // touched here through our mapping, not even that on this side.
+            // each ring, on both sides. Allocated here, those touches are minor faults.
             sys::memfd_allocate(memfd.as_fd(), 0, CONTROL_LEN + PAGE)?;
             sys::memfd_allocate(memfd.as_fd(), layout.s2c_data(), PAGE)?;
+            self.allocated = true;
+            return Ok(None);
+        }
+        if self.prepare && self.region.is_none() {
             let mapping = sys::Mapping::map_sealed(memfd.as_fd(), layout.region_len())?;
             let region = Region::new(Arc::new(mapping));
+            // Touched here through our mapping, they are not even minor faults on this side.
             // Nobody else has this memfd yet: these writes of zeros change nothing.
             region.write_bytes(0, &[0]);
             region.write_bytes(layout.c2s_data(), &[0]);
             region.read_bytes(layout.s2c_data(), &mut [std::mem::MaybeUninit::uninit()]);
-            Some(region)
-        } else {
-            None
-        };
+            self.region = Some(region);
+            return Ok(None);
+        }
         let (client_bell, server_bell) = sys::doorbell_pair()?;
-        Ok(Spare {
+        Ok(Some(Spare {
             layout,
-            memfd,
-            region,
+            memfd: self.memfd.take().expect("made by the first step"),
+            region: self.region.take(),
             client_bell,
             server_bell,
-        })
+        }))
     }
 }
 
@@ -808,6 +852,8 @@ struct Spares {
     rings: Vec<Spare>,
     /// Rings asked for (taken or missed) and not replaced yet, at most [`MAX_SPARES`].
     wanted: usize,
+    /// The next spare, part built.
+    building: Option<SpareBuild>,
     /// The layout last asked for: what refills create.
     layout: Option<Layout>,
     /// When a ring was last asked for.
@@ -825,6 +871,7 @@ static SPARES: Mutex<Spares> = Mutex::new(Spares {
     pid: 0,
     rings: Vec::new(),
     wanted: 0,
+    building: None,
     layout: None,
     last_wanted: None,
     reaper: false,
@@ -836,6 +883,7 @@ fn spares() -> std::sync::MutexGuard<'static, Spares> {
     if spares.pid != pid {
         spares.rings.clear();
         spares.wanted = 0;
+        spares.building = None;
         spares.reaper = false;
         spares.pid = pid;
     }
@@ -868,7 +916,7 @@ async fn reap_idle() {
         tokio::time::sleep(IDLE).await;
         let mut spares = spares();
         if spares.last_wanted.is_none_or(|t| t.elapsed() >= IDLE) {
-            let idle = std::mem::take(&mut spares.rings);
+            let idle = (std::mem::take(&mut spares.rings), spares.building.take());
             spares.wanted = 0;
             drop(spares);
             drop(idle);
@@ -889,41 +937,33 @@ fn take_spare(layout: Layout) -> Option<Spare> {
     Some(spares.rings.swap_remove(i))
 }
 
-/// Replaces the spare ring this process used last, if its listeners claim its offers.
+/// Takes one step (a few system calls) towards replacing the spare ring this process used
+/// last, if its listeners claim its offers; false if there is nothing to do.
 ///
-/// A client calls this while its listener wakes up (see `setup::verdict_without_sleeping`), so
-/// that the next connection's memfd, page allocations, mapping and doorbell pair cost nothing
-/// on its critical path. Only a process whose last offer was claimed builds spares, and one
-/// that stops connecting closes them after [`IDLE`].
-pub(crate) fn refill_spares() {
-    if LAST_CLAIMED.load(std::sync::atomic::Ordering::Relaxed) {
-        prepare_spare_ring();
+/// A client calls this instead of idling while it waits for its listener's claim and verdict
+/// (see `setup::spin_for_claim`), so that the next connection's memfd, page allocations,
+/// mapping and doorbell pair cost nothing on its critical path, and looks at the claim between
+/// steps. Only a process whose last offer was claimed builds spares, and one that stops
+/// connecting closes them after [`IDLE`].
+pub(crate) fn build_spare_step() -> bool {
+    if !LAST_CLAIMED.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
     }
-}
-
-/// The last offer this process made was claimed by its listener.
-static LAST_CLAIMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Records whether a listener claimed this process's offer (see [`refill_spares`]).
-pub(crate) fn note_claimed(claimed: bool) {
-    LAST_CLAIMED.store(claimed, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Creates at most one spare ring, if this process used one since the last refill.
-fn prepare_spare_ring() {
-    let layout = {
+    let mut build = {
         let mut spares = spares();
-        match spares.layout {
-            Some(layout) if spares.wanted > 0 => {
+        match (spares.building.take(), spares.layout) {
+            (Some(build), _) => build,
+            (None, Some(layout)) if spares.wanted > 0 => {
                 spares.wanted -= 1;
-                layout
+                SpareBuild::new(layout, true)
             }
-            _ => return,
+            _ => return false,
         }
     };
-    // Created outside the lock: other connects go on meanwhile.
-    match Spare::create(layout, true) {
-        Ok(spare) => {
+    // Outside the lock: other connects go on meanwhile.
+    match build.step() {
+        Ok(None) => spares().building = Some(build),
+        Ok(Some(spare)) => {
             let mut spares = spares();
             if spares.rings.len() >= MAX_SPARES {
                 spares.rings.remove(0);
@@ -936,6 +976,15 @@ fn prepare_spare_ring() {
         // over to TCP there if it must.
         Err(e) => tracing::debug!(error = %e, "xway: creating a spare ring failed"),
     }
+    true
+}
+
+/// The last offer this process made was claimed by its listener.
+static LAST_CLAIMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records whether a listener claimed this process's offer (see [`build_spare_step`]).
+pub(crate) fn note_claimed(claimed: bool) {
+    LAST_CLAIMED.store(claimed, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The layout a client offers for a configured ring order.

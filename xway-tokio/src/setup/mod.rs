@@ -337,6 +337,10 @@ fn offer_ring(
     };
     let ring = ClientRing::create(&header).map_err(|e| setup_failed("creating the ring", e))?;
     let region = ring.region.clone();
+    // This client will spin for the claim and use the ring right after it: saying so now lets
+    // a server whose first read comes before our first write spin for it, instead of sleeping
+    // and making our write ring its doorbell (two wake-ups in the first exchange).
+    Activity::new(region.clone(), Role::Client).publish(true, crate::sys::current_cpu());
     let (tx, rx) = endpoints(region.clone(), layout, Role::Client);
     let offer = Offer {
         nonce,
@@ -459,19 +463,19 @@ const VERDICT_POLL: Duration = Duration::from_micros(50);
 /// right after its compare-and-swap on the setup state. So the client
 /// 1. gives its CPU away once: a listener woken on this very CPU (by the offer or the SYN)
 ///    runs now, before anything else this connect does;
-/// 2. replaces the spare ring it used (the local provider's pool, see
-///    `local::refill_spares`), while a listener on another CPU wakes up;
-/// 3. yield-spins on the setup state until it leaves `OFFERED` (see [`spin_for_claim`]);
-/// 4. then reads the verdict from the TCP connection without going through the reactor. The
+/// 2. spins on the setup state until it leaves `OFFERED` (see [`spin_for_claim`]);
+/// 3. then reads the verdict from the TCP connection without going through the reactor. The
 ///    verdict is still what decides (it authenticates the server, invariant I3); the state
 ///    word only says when to look.
+///
+/// While it waits in 2 and 3 it builds the spare ring that replaces the one it used, a few
+/// system calls at a time (`local::build_spare_step`), instead of idling.
 fn verdict_without_sleeping(
     tcp: &TcpStream,
     region: &Region,
     nonce: &[u8; 16],
 ) -> Option<io::Result<Option<FallbackReason>>> {
     crate::sys::yield_cpu();
-    local::refill_spares();
     let claimed = spin_for_claim(region);
     local::note_claimed(claimed);
     if !claimed {
@@ -480,13 +484,14 @@ fn verdict_without_sleeping(
     read_verdict_now(tcp, nonce)
 }
 
-/// Yield-spins until the setup state leaves `OFFERED`; true if it did.
+/// Spins until the setup state leaves `OFFERED`; true if it did.
 ///
 /// Spins for at most [`CLAIM_SPIN_MAX`]. After [`CLAIM_SPIN_GIVE_UP`] spins in a row ran out,
 /// only one connect in [`CLAIM_SPIN_PROBE`] spins until one sees its claim again: a listener
 /// that is slow to accept (or that runs on this very thread) soon costs no spinning at all,
 /// while one late claim among many prompt ones (a busy moment of the host) changes nothing.
-/// Each round yields the CPU, so a listener that needs this CPU to accept gets it at once.
+/// Each round builds a step of the next spare ring or, with none to build, yields the CPU, so a
+/// listener that needs this CPU to accept gets it at once.
 fn spin_for_claim(region: &Region) -> bool {
     use std::sync::atomic::Ordering;
     if CLAIM_SPIN_MISSES.load(Ordering::Relaxed) >= CLAIM_SPIN_GIVE_UP
@@ -505,7 +510,7 @@ fn spin_for_claim(region: &Region) -> bool {
             CLAIM_SPIN_MISSES.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        crate::sys::yield_cpu();
+        wait_a_little();
     }
 }
 
@@ -542,6 +547,14 @@ fn read_verdict_now(
         if start.elapsed() >= VERDICT_POLL {
             return None;
         }
+        wait_a_little();
+    }
+}
+
+/// One round of a client's spin for its claim or verdict: a step of its next spare ring or,
+/// with none to build, a yield of the CPU.
+fn wait_a_little() {
+    if !local::build_spare_step() {
         crate::sys::yield_cpu();
     }
 }
