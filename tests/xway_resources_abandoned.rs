@@ -40,5 +40,11 @@ async fn abandoned_offers_release_their_descriptors() {
             Some(&xway_tokio::FallbackReason::ClientAbandoned)
         );
     }
-    assert_eq!(fd_count(), before, "every offer's descriptors were closed");
+    // At most one fewer: a connect binds the socket of the next one to the same listener
+    // ahead (while it waits for its claim), and the last of these connects may not have.
+    let after = fd_count();
+    assert!(
+        after <= before && before - after <= 1,
+        "every offer's descriptors were closed: {before} before, {after} after"
+    );
 }

@@ -59,6 +59,9 @@ pub struct XwayListener {
     not_advertised: FallbackReason,
     ring_required: bool,
     spin_budget: std::time::Duration,
+    /// The address every connection is accepted on, if the listener is bound to one (not a
+    /// wildcard): setup then needs no `getsockname` per connection.
+    bound: Option<SocketAddr>,
 }
 
 impl XwayListener {
@@ -154,8 +157,13 @@ impl XwayListener {
                 }
             }
         };
+        let bound = listener
+            .local_addr()
+            .ok()
+            .filter(|a| !a.ip().is_unspecified());
         XwayListener {
             tcp: listener,
+            bound,
             advertisement,
             xen: Arc::new(OnceLock::new()),
             pending: Mutex::new(Vec::new()),
@@ -284,6 +292,8 @@ impl XwayListener {
                     } else {
                         crate::setup::accept(
                             tcp,
+                            peer,
+                            self.bound,
                             self.advertisement.as_ref(),
                             self.xen.get(),
                             self.spin_budget,

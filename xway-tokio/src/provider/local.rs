@@ -503,6 +503,30 @@ pub(crate) struct Rendezvous {
     /// The listener's user, as `SO_PEERCRED` said when the connection was made: each connect
     /// checks it against its own uid policy.
     uid: u32,
+    /// A TCP socket bound for the next connect to `dst`, and its canonical address (see
+    /// [`Rendezvous::take_bound_socket`]).
+    bound: Mutex<Option<(socket2::Socket, SocketAddr)>>,
+}
+
+impl Rendezvous {
+    /// The socket a connect prepared for the next one to this destination, already bound, so
+    /// that the next connect can name its 4-tuple in its offer without a `bind` first.
+    pub(crate) fn take_bound_socket(&self) -> Option<(socket2::Socket, SocketAddr)> {
+        self.bound.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// True if no bound socket waits for the next connect.
+    pub(crate) fn wants_bound_socket(&self) -> bool {
+        self.bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    /// Keeps `socket`, bound to `client`, for the next connect (it replaces any other).
+    pub(crate) fn keep_bound_socket(&self, socket: socket2::Socket, client: SocketAddr) {
+        *self.bound.lock().unwrap_or_else(|e| e.into_inner()) = Some((socket, client));
+    }
 }
 
 /// This process's rendezvous connections, by destination.
@@ -557,6 +581,7 @@ pub(crate) fn find_listener(
         fd: Mutex::new(fd),
         dst,
         uid,
+        bound: Mutex::new(None),
     });
     let mut cache = rendezvous_cache();
     cache.by_dst.retain(|r| r.dst != dst);

@@ -2,9 +2,10 @@
 //!
 //! **Client** ([`connect_addr`]), before its SYN:
 //! 1. No listener advertised for the destination on this host: plain `connect`, nothing else.
-//! 2. Otherwise bind the TCP socket (so the 4-tuple is known), create the region, write its
-//!    header (magic, version, 4-tuple, nonce) and the `OFFERED` state, send the offer through
-//!    the provider's rendezvous, and only then `connect`.
+//! 2. Otherwise bind the TCP socket (so the 4-tuple is known; the local provider's previous
+//!    connect to the same destination bound one ahead), create the region, write its header
+//!    (magic, version, 4-tuple, nonce) and the `OFFERED` state, send the offer through the
+//!    provider's rendezvous, and only then `connect`.
 //! 3. Wait, with a deadline, for the verdict on the TCP connection. Accept: use the ring.
 //!    Decline, or bytes that are not a verdict: use the untouched TCP stream. Deadline: move the
 //!    region's state `OFFERED -> ABANDONED` by compare-and-swap; if that wins, use TCP (the
@@ -76,20 +77,25 @@ pub(crate) async fn connect_addr(addr: SocketAddr, config: &XwayConfig) -> io::R
         Ok(None) => return connect_xen(addr, config, required).await,
         Err(reason) => return tcp(TcpStream::connect(addr).await?, reason, required),
     };
-    let socket = new_socket(addr)?;
-    // The listener is on this host, so the destination is one of our addresses: binding to it
-    // fixes the source address and port, and the offer can name the exact 4-tuple.
-    let client = match bind_client(&socket, Ok(addr.ip())) {
-        Ok(client) => client,
-        Err(reason) => return tcp(TcpStream::connect(addr).await?, reason, required),
+    let (socket, client) = match rendezvous.take_bound_socket() {
+        Some(bound) => bound,
+        None => match bound_socket(addr) {
+            Ok(bound) => bound,
+            Err(reason) => return tcp(TcpStream::connect(addr).await?, reason, required),
+        },
     };
-    let offered = offer_ring(client, addr, config, rendezvous);
+    let offered = offer_ring(client, addr, config, rendezvous.clone());
     let mut stream = connect_bound(socket, addr).await?;
     let ring = match offered {
         Ok(ring) => ring,
         Err(reason) => return tcp(stream, reason, required),
     };
-    let verdict = match verdict_without_sleeping(&stream, &ring.region, &ring.nonce) {
+    let next = NextConnect {
+        rendezvous: &rendezvous,
+        dst: addr,
+        socket_tried: std::cell::Cell::new(false),
+    };
+    let verdict = match verdict_without_sleeping(&stream, &ring.region, &ring.nonce, &next) {
         Some(decided) => decided?,
         None => {
             let timeout = config.rendezvous_timeout();
@@ -192,6 +198,18 @@ fn new_socket(addr: SocketAddr) -> io::Result<socket2::Socket> {
         socket2::Type::STREAM.nonblocking().cloexec(),
         Some(socket2::Protocol::TCP),
     )
+}
+
+/// A new TCP socket for connecting to `addr` on this host, and its canonical address.
+///
+/// The listener is on this host, so the destination is one of our addresses: binding to it
+/// fixes the source address and port, and the offer can name the exact 4-tuple.
+fn bound_socket(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), FallbackReason> {
+    let socket = new_socket(addr).map_err(|e| FallbackReason::SetupFailed {
+        error: format!("creating the client socket: {e}"),
+    })?;
+    let client = bind_client(&socket, Ok(addr.ip()))?;
+    Ok((socket, client))
 }
 
 /// Binds `socket` to `ip` and a port the kernel picks, so that the offer can name the
@@ -468,20 +486,22 @@ const VERDICT_POLL: Duration = Duration::from_micros(50);
 ///    verdict is still what decides (it authenticates the server, invariant I3); the state
 ///    word only says when to look.
 ///
-/// While it waits in 2 and 3 it builds the spare ring that replaces the one it used, a few
-/// system calls at a time (`local::build_spare_step`), instead of idling.
+/// While it waits in 2 and 3 it prepares what the next connect to this destination needs, a
+/// few system calls at a time, instead of idling: a bound socket (kept by the rendezvous) and
+/// the spare ring that replaces the one it used (`local::build_spare_step`).
 fn verdict_without_sleeping(
     tcp: &TcpStream,
     region: &Region,
     nonce: &[u8; 16],
+    next: &NextConnect<'_>,
 ) -> Option<io::Result<Option<FallbackReason>>> {
     crate::sys::yield_cpu();
-    let claimed = spin_for_claim(region);
+    let claimed = spin_for_claim(region, next);
     local::note_claimed(claimed);
     if !claimed {
         return None;
     }
-    read_verdict_now(tcp, nonce)
+    read_verdict_now(tcp, nonce, next)
 }
 
 /// Spins until the setup state leaves `OFFERED`; true if it did.
@@ -492,7 +512,7 @@ fn verdict_without_sleeping(
 /// while one late claim among many prompt ones (a busy moment of the host) changes nothing.
 /// Each round builds a step of the next spare ring or, with none to build, yields the CPU, so a
 /// listener that needs this CPU to accept gets it at once.
-fn spin_for_claim(region: &Region) -> bool {
+fn spin_for_claim(region: &Region, next: &NextConnect<'_>) -> bool {
     use std::sync::atomic::Ordering;
     if CLAIM_SPIN_MISSES.load(Ordering::Relaxed) >= CLAIM_SPIN_GIVE_UP
         && CLAIM_SPIN_SKIPPED.fetch_add(1, Ordering::Relaxed) % CLAIM_SPIN_PROBE
@@ -510,7 +530,7 @@ fn spin_for_claim(region: &Region) -> bool {
             CLAIM_SPIN_MISSES.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        wait_a_little();
+        next.wait_a_little();
     }
 }
 
@@ -520,6 +540,7 @@ fn spin_for_claim(region: &Region) -> bool {
 fn read_verdict_now(
     tcp: &TcpStream,
     nonce: &[u8; 16],
+    next: &NextConnect<'_>,
 ) -> Option<io::Result<Option<FallbackReason>>> {
     let sock = socket2::SockRef::from(tcp);
     let start = Instant::now();
@@ -547,15 +568,34 @@ fn read_verdict_now(
         if start.elapsed() >= VERDICT_POLL {
             return None;
         }
-        wait_a_little();
+        next.wait_a_little();
     }
 }
 
-/// One round of a client's spin for its claim or verdict: a step of its next spare ring or,
-/// with none to build, a yield of the CPU.
-fn wait_a_little() {
-    if !local::build_spare_step() {
-        crate::sys::yield_cpu();
+/// What a client prepares for its next connect to the same destination while it waits for
+/// its claim and verdict.
+struct NextConnect<'a> {
+    rendezvous: &'a local::Rendezvous,
+    dst: SocketAddr,
+    /// Binding was tried once during this wait (a failure is not retried until next time).
+    socket_tried: std::cell::Cell<bool>,
+}
+
+impl NextConnect<'_> {
+    /// One round of a client's spin for its claim or verdict: a bound socket for the next
+    /// connect, or a step of its next spare ring or, with nothing to prepare, a yield of the
+    /// CPU. Each is a few system calls, so the claim is looked at again soon.
+    fn wait_a_little(&self) {
+        if !self.socket_tried.replace(true) && self.rendezvous.wants_bound_socket() {
+            match bound_socket(self.dst) {
+                Ok((socket, client)) => self.rendezvous.keep_bound_socket(socket, client),
+                Err(reason) => tracing::debug!(%reason, "xway: binding a socket ahead failed"),
+            }
+            return;
+        }
+        if !local::build_spare_step() {
+            crate::sys::yield_cpu();
+        }
     }
 }
 
@@ -589,13 +629,18 @@ pub(crate) enum Accepted {
 /// Decides the transport of a connection the listener just accepted. Never blocks and never
 /// fails: anything that goes wrong is TCP with a reason. A connection without an offer is
 /// plain TCP at once, whatever the providers (invariant I1).
+///
+/// `client` is the address `accept` returned; `server`, the listener's address when it is
+/// bound to one (otherwise the connection's is asked for).
 pub(crate) fn accept(
     stream: TcpStream,
+    client: SocketAddr,
+    server: Option<SocketAddr>,
     local: Option<&Advertisement>,
     xen: Option<&Arc<XenAdvertisement>>,
     spin_budget: Duration,
 ) -> Accepted {
-    let (Ok(client), Ok(server)) = (stream.peer_addr(), stream.local_addr()) else {
+    let Some(server) = server.map_or_else(|| stream.local_addr().ok(), Some) else {
         return Accepted::Now(XwayStream::from_tcp_with_reason(
             stream,
             FallbackReason::NoOffer,
