@@ -54,17 +54,6 @@ pub(crate) fn memfd_sealed(len: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Allocates the (zeroed) pages of `len` bytes at `offset` of a memfd, within its size, so that
-/// touching them later through a mapping is a minor fault instead of an allocation.
-pub(crate) fn memfd_allocate(fd: BorrowedFd<'_>, offset: usize, len: usize) -> io::Result<()> {
-    let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-    let len = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: no pointers; mode 0 allocates without changing the file size, which the seals
-    // against growing allow.
-    syscall!(fallocate(fd.as_raw_fd(), 0, offset, len))?;
-    Ok(())
-}
-
 /// Checks that `fd` is a memfd of exactly `len` bytes that can never shrink.
 pub(crate) fn check_sealed_memfd(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
     // SAFETY: F_GET_SEALS takes no argument; a non-memfd fails with EINVAL.
@@ -602,23 +591,6 @@ mod tests {
         // SAFETY: fd is open.
         let r = unsafe { libc::ftruncate(fd.as_raw_fd(), 4096) };
         assert_eq!(r, -1, "shrinking a sealed memfd must fail");
-    }
-
-    #[test]
-    fn preallocating_pages_of_a_sealed_memfd_keeps_its_size_and_contents() {
-        let fd = memfd_sealed(3 * 4096).unwrap();
-        memfd_allocate(fd.as_fd(), 0, 8192).unwrap();
-        memfd_allocate(fd.as_fd(), 8192, 4096).unwrap();
-        check_sealed_memfd(fd.as_fd(), 3 * 4096).unwrap();
-        assert!(
-            memfd_allocate(fd.as_fd(), 8192, 8192).is_err(),
-            "allocating past the end would grow a sealed memfd"
-        );
-        let map = Mapping::map_sealed(fd.as_fd(), 3 * 4096).unwrap();
-        let region = crate::ring::Region::new(std::sync::Arc::new(map));
-        let mut out = [1u8; 16];
-        region.read_bytes(4090, crate::ring::as_uninit(&mut out));
-        assert_eq!(out, [0u8; 16]);
     }
 
     #[test]

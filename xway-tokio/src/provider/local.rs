@@ -24,7 +24,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::Doorbell;
 use crate::config::UidPolicy;
-use crate::ring::layout::{canonical, Header, Layout, CONTROL_LEN, STATE_OFFSET};
+use crate::ring::layout::{canonical, Header, Layout, STATE_OFFSET};
 use crate::ring::{layout::state, Region};
 use crate::setup::wire::{Offer, OFFER_LEN};
 use crate::sys;
@@ -773,8 +773,8 @@ impl ClientRing {
 /// pages the first exchange touches).
 const MAX_SPARES: usize = 4;
 
-/// A ring that no other process has ever seen: a sealed memfd whose first pages are already
-/// allocated (and, for a prepared spare, mapped), and a fresh doorbell pair.
+/// A ring that no other process has ever seen: a sealed memfd (for a prepared spare, mapped,
+/// with the pages of the first exchange allocated and touched), and a fresh doorbell pair.
 ///
 /// A spare is used for one offer only: once its memfd has been sent, the listener keeps it
 /// mapped, so it is never pooled again.
@@ -808,12 +808,13 @@ impl Spare {
 #[derive(Debug)]
 struct SpareBuild {
     layout: Layout,
-    /// Also allocate, map and touch what the first exchange uses, so that none of it is on the
-    /// next connect's critical path (a connect that finds no spare skips this).
+    /// Also map the region and touch what the first exchange uses, so that none of it is on
+    /// the next connect's critical path (a connect that finds no spare skips this).
     prepare: bool,
     memfd: Option<OwnedFd>,
-    allocated: bool,
     region: Option<Region>,
+    /// How many of [`SpareBuild::first_pages`] are touched.
+    touched: usize,
 }
 
 impl SpareBuild {
@@ -822,37 +823,39 @@ impl SpareBuild {
             layout,
             prepare,
             memfd: None,
-            allocated: false,
             region: None,
+            touched: 0,
         }
     }
 
-    /// Takes the next step; the spare once the last one is done.
+    /// The pages the first exchange touches, on both sides: the control page and the first
+    /// page of each ring.
+    fn first_pages(&self) -> [usize; 3] {
+        [0, self.layout.c2s_data(), self.layout.s2c_data()]
+    }
+
+    /// Takes the next step (at most a few system calls or one page fault); the spare once the
+    /// last one is done.
     fn step(&mut self) -> io::Result<Option<Spare>> {
         let layout = self.layout;
         let Some(memfd) = &self.memfd else {
             self.memfd = Some(sys::memfd_sealed(layout.region_len())?);
             return Ok(None);
         };
-        if self.prepare && !self.allocated {
-            // Allocating (and zeroing) a page of shared memory at its first touch costs
-            // microseconds; the first exchange touches the control page and the first page of
-            // each ring, on both sides. Allocated here, those touches are minor faults.
-            sys::memfd_allocate(memfd.as_fd(), 0, CONTROL_LEN + PAGE)?;
-            sys::memfd_allocate(memfd.as_fd(), layout.s2c_data(), PAGE)?;
-            self.allocated = true;
-            return Ok(None);
-        }
-        if self.prepare && self.region.is_none() {
-            let mapping = sys::Mapping::map_sealed(memfd.as_fd(), layout.region_len())?;
-            let region = Region::new(Arc::new(mapping));
-            // Touched here through our mapping, they are not even minor faults on this side.
-            // Nobody else has this memfd yet: these writes of zeros change nothing.
-            region.write_bytes(0, &[0]);
-            region.write_bytes(layout.c2s_data(), &[0]);
-            region.read_bytes(layout.s2c_data(), &mut [std::mem::MaybeUninit::uninit()]);
-            self.region = Some(region);
-            return Ok(None);
+        if self.prepare {
+            let Some(region) = &self.region else {
+                let mapping = sys::Mapping::map_sealed(memfd.as_fd(), layout.region_len())?;
+                self.region = Some(Region::new(Arc::new(mapping)));
+                return Ok(None);
+            };
+            if let Some(&page) = self.first_pages().get(self.touched) {
+                // Allocating (and zeroing) a page of shared memory at its first touch costs
+                // microseconds: done here, the first exchange finds it allocated, and mapped
+                // on this side. Nobody else has this memfd yet: writing a zero changes nothing.
+                region.write_bytes(page, &[0]);
+                self.touched += 1;
+                return Ok(None);
+            }
         }
         let (client_bell, server_bell) = sys::doorbell_pair()?;
         Ok(Some(Spare {
@@ -864,9 +867,6 @@ impl SpareBuild {
         }))
     }
 }
-
-/// The page size the preallocation assumes (a larger one only allocates more at once).
-const PAGE: usize = 4096;
 
 /// This process's spare rings, and how many it used since the last refill.
 #[derive(Debug, Default)]
@@ -1032,7 +1032,7 @@ mod tests {
         // Three pages (the control page and the first page of each ring), not the rings (a
         // system with huge pages for shared memory allocates more at once, still not all).
         let allocated = meta.blocks() * 512;
-        assert!(allocated >= 3 * PAGE as u64, "{allocated} bytes allocated");
+        assert!(allocated >= 3 * 4096, "{allocated} bytes allocated");
         assert!(
             allocated < layout.region_len() as u64,
             "{allocated} bytes allocated"
