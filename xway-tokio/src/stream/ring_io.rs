@@ -683,6 +683,10 @@ const SAME_CPU_YIELDS: usize = 8;
 /// A probe spin when the budget has decayed to zero.
 const PROBE_NS: u64 = 2_000;
 
+/// With a decayed budget, one wait in this many right after ringing the peer spins the whole
+/// budget (see [`Spinner::spin_until`]).
+const WAKING_PROBE: u64 = 8;
+
 impl Spinner {
     fn new(max: Duration) -> Spinner {
         let max_ns = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
@@ -711,18 +715,30 @@ impl Spinner {
         if self.max_ns == 0 {
             return false;
         }
+        let start = self.now_ns();
+        // Rung within two budgets, or never (`u64::MAX`: the subtraction saturates to 0): a
+        // peer on a new connection starts out as if it had just been rung, which is what lets
+        // two sides sharing one CPU hand it to each other from the first message on.
+        let peer_waking =
+            start.saturating_sub(self.rung_at_ns.load(Ordering::Relaxed)) < 2 * self.max_ns;
         let mut budget = self.budget_ns.load(Ordering::Relaxed);
         if budget == 0 {
-            if self.skipped.fetch_add(1, Ordering::Relaxed) % 32 != 31 {
+            // Spins lost in a row decayed the budget: only probe now and then. A short probe
+            // finds a peer that spins again; but two sides that both decayed sleep in turn,
+            // and each wakes to find the other asleep. So a wait right after ringing the peer
+            // sometimes spins the whole budget, long enough for the peer's wake-up and answer:
+            // once that wins, the budget is back and the peer soon sees us running.
+            let probe = self.skipped.fetch_add(1, Ordering::Relaxed);
+            budget = if peer_waking && probe % WAKING_PROBE == WAKING_PROBE - 1 {
+                self.max_ns
+            } else if probe % 32 == 31 {
+                PROBE_NS.min(self.max_ns)
+            } else {
                 return false;
-            }
-            budget = PROBE_NS.min(self.max_ns);
+            };
         }
         let cpu = sys::current_cpu();
         let peer = activity.peer();
-        let start = self.now_ns();
-        let peer_waking =
-            start.saturating_sub(self.rung_at_ns.load(Ordering::Relaxed)) < 2 * self.max_ns;
         if peer.cpu == cpu {
             // Spinning on the CPU the peer needs would only delay it. But a peer we just rang is
             // runnable here: handing it the CPU once usually gets the answer within its time
@@ -753,5 +769,62 @@ impl Spinner {
                 return false;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::{Region, Role};
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+
+    /// Both sides' activity words, in a fresh region.
+    fn activities() -> (Activity, Activity) {
+        let len = crate::ring::layout::CONTROL_LEN;
+        let memfd = sys::memfd_sealed(len).unwrap();
+        let region = Region::new(Arc::new(
+            sys::Mapping::map_sealed(memfd.as_fd(), len).unwrap(),
+        ));
+        (
+            Activity::new(region.clone(), Role::Client),
+            Activity::new(region, Role::Server),
+        )
+    }
+
+    #[test]
+    fn a_decayed_spinner_gets_its_budget_back_from_a_peer_that_answers_after_its_wake_up() {
+        let (ours, peer) = activities();
+        // Asleep, on a CPU that is not ours.
+        peer.publish(false, 0xfffe);
+        let spinner = Spinner::new(Duration::from_micros(200));
+        spinner.budget_ns.store(0, Ordering::Relaxed);
+        // Each time, we rang the peer and it answers 20 us later (its wake-up): a short probe
+        // never sees that, a whole budget does.
+        let won = (0..WAKING_PROBE).any(|_| {
+            spinner.note_peer_rung();
+            let rung = Instant::now();
+            spinner.spin_until(&ours, || rung.elapsed() >= Duration::from_micros(20))
+        });
+        assert!(won, "one of {WAKING_PROBE} waits spun long enough");
+        assert_eq!(spinner.budget_ns.load(Ordering::Relaxed), spinner.max_ns);
+    }
+
+    #[test]
+    fn a_decayed_spinner_does_not_spin_for_a_peer_it_rang_long_ago() {
+        let (ours, peer) = activities();
+        peer.publish(false, 0xfffe);
+        let spinner = Spinner::new(Duration::from_micros(50));
+        spinner.budget_ns.store(0, Ordering::Relaxed);
+        spinner.note_peer_rung();
+        std::thread::sleep(Duration::from_millis(1));
+        let mut polls = 0;
+        for _ in 0..31 {
+            assert!(!spinner.spin_until(&ours, || {
+                polls += 1;
+                false
+            }));
+        }
+        assert_eq!(polls, 0, "skipped without looking at the ring");
     }
 }
