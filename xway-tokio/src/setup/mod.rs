@@ -796,3 +796,44 @@ fn send_verdict(stream: &TcpStream, verdict: Verdict, nonce: &[u8; 16]) -> io::R
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UidPolicy;
+    use crate::XwayListener;
+
+    #[tokio::test]
+    async fn a_connect_uses_the_socket_its_predecessor_bound_ahead() {
+        let listener = XwayListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (first, accepted) = tokio::join!(XwayStream::connect(addr), listener.accept());
+        assert!(first.unwrap().transport().is_ring());
+        drop(accepted.unwrap());
+        // The first connect bound the next one's socket if its wait for the claim left time;
+        // waiting a little more makes sure.
+        let rendezvous = local::find_listener(addr, &UidPolicy::SameUser)
+            .unwrap()
+            .expect("the rendezvous connection is kept");
+        let next = NextConnect {
+            rendezvous: &rendezvous,
+            dst: addr,
+            socket_tried: std::cell::Cell::new(false),
+        };
+        for _ in 0..64 {
+            if !rendezvous.wants_bound_socket() {
+                break;
+            }
+            next.wait_a_little();
+        }
+        let (socket, client) = rendezvous.take_bound_socket().expect("bound ahead");
+        assert_eq!(client.ip(), addr.ip(), "bound to the destination's address");
+        rendezvous.keep_bound_socket(socket, client);
+
+        let (second, accepted) = tokio::join!(XwayStream::connect(addr), listener.accept());
+        let second = second.unwrap();
+        assert!(second.transport().is_ring());
+        assert_eq!(second.local_addr().unwrap(), client);
+        drop(accepted.unwrap());
+    }
+}

@@ -779,26 +779,23 @@ mod tests {
     use std::os::fd::AsFd;
     use std::sync::Arc;
 
-    /// Both sides' activity words, in a fresh region.
-    fn activities() -> (Activity, Activity) {
+    /// Our activity word, with the peer's saying it is asleep on a CPU that is not ours, and a
+    /// spinner of budget `max` whose spinning has decayed (three lost spins in a row).
+    fn decayed_spinner(max: Duration) -> (Activity, Spinner) {
         let len = crate::ring::layout::CONTROL_LEN;
         let memfd = sys::memfd_sealed(len).unwrap();
         let region = Region::new(Arc::new(
             sys::Mapping::map_sealed(memfd.as_fd(), len).unwrap(),
         ));
-        (
-            Activity::new(region.clone(), Role::Client),
-            Activity::new(region, Role::Server),
-        )
+        Activity::new(region.clone(), Role::Server).publish(false, 0xfffe);
+        let spinner = Spinner::new(max);
+        spinner.budget_ns.store(0, Ordering::Relaxed);
+        (Activity::new(region, Role::Client), spinner)
     }
 
     #[test]
     fn a_decayed_spinner_gets_its_budget_back_from_a_peer_that_answers_after_its_wake_up() {
-        let (ours, peer) = activities();
-        // Asleep, on a CPU that is not ours.
-        peer.publish(false, 0xfffe);
-        let spinner = Spinner::new(Duration::from_micros(200));
-        spinner.budget_ns.store(0, Ordering::Relaxed);
+        let (ours, spinner) = decayed_spinner(Duration::from_micros(200));
         // Each time, we rang the peer and it answers 20 us later (its wake-up): a short probe
         // never sees that, a whole budget does.
         let won = (0..WAKING_PROBE).any(|_| {
@@ -812,10 +809,7 @@ mod tests {
 
     #[test]
     fn a_decayed_spinner_does_not_spin_for_a_peer_it_rang_long_ago() {
-        let (ours, peer) = activities();
-        peer.publish(false, 0xfffe);
-        let spinner = Spinner::new(Duration::from_micros(50));
-        spinner.budget_ns.store(0, Ordering::Relaxed);
+        let (ours, spinner) = decayed_spinner(Duration::from_micros(50));
         spinner.note_peer_rung();
         std::thread::sleep(Duration::from_millis(1));
         let mut polls = 0;
