@@ -25,7 +25,7 @@ use xway_tokio::{FallbackReason, XwayConfig, XwayStream};
 const SECRET: &[u8] = b"application-secret-0123456789";
 
 fn rendezvous_name(port: u16) -> String {
-    format!("xway/2/127.0.0.1/{port}")
+    format!("xway/3/127.0.0.1/{port}")
 }
 
 // ---- the squatter process -------------------------------------------------------------------

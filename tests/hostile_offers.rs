@@ -152,7 +152,7 @@ async fn hostile_connect(server: SocketAddr, lie: Lie) -> TcpStream {
 
 fn send_offer(server: SocketAddr, offer: &[u8], fds: &[i32]) {
     use std::os::linux::net::SocketAddrExt;
-    let name = format!("xway/2/127.0.0.1/{}", server.port());
+    let name = format!("xway/3/127.0.0.1/{}", server.port());
     let conn = std::os::unix::net::UnixStream::connect_addr(
         &std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap(),
     )

@@ -89,7 +89,14 @@ async fn ten_thousand_ring_connect_close_cycles_stay_at_baseline() {
         cycles as f64 / took.as_secs_f64()
     );
     assert_eq!(end.fds, base.fds, "descriptors leaked");
-    assert_eq!(end.rings, 0, "ring mappings leaked");
+    // Both sides keep the rings of a few finished connections for the next ones (and the
+    // client a few spares): as many after the cycles as before them.
+    assert!(
+        end.rings <= base.rings,
+        "ring mappings leaked: {} before, {} after",
+        base.rings,
+        end.rings
+    );
     assert!(
         end.maps <= base.maps + 4,
         "mappings grew from {} to {}",

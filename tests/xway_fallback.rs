@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use xway_tokio::{FallbackReason, Mode, XwayConfig, XwayListener, XwayStream};
 
 fn rendezvous_name(port: u16) -> String {
-    format!("xway/2/127.0.0.1/{port}")
+    format!("xway/3/127.0.0.1/{port}")
 }
 
 #[tokio::test]

@@ -118,7 +118,7 @@ async fn a_rendezvous_connection_closed_for_room_loses_no_offer() {
     let addr = listener.local_addr().unwrap();
     ring_round_trip(&listener).await;
     // Fill the listener's table of rendezvous connections (256) with idle ones, newer than ours.
-    let name = format!("xway/2/127.0.0.1/{}", addr.port());
+    let name = format!("xway/3/127.0.0.1/{}", addr.port());
     let connect_raw = || {
         std::os::unix::net::UnixStream::connect_addr(
             &std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap(),

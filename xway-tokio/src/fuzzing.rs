@@ -27,6 +27,7 @@ pub fn offer_decode(bytes: &[u8]) -> Option<[u8; OFFER_LEN]> {
         assert_eq!(again.layout, o.layout);
         assert_eq!(again.client, layout::canonical(o.client));
         assert_eq!(again.server, layout::canonical(o.server));
+        assert_eq!((again.ring, again.reused), (o.ring, o.reused));
         o.encode()
     })
 }

@@ -357,13 +357,25 @@ const CMSG_SPACE: usize = 64; // >= CMSG_SPACE(MAX_FDS * 4), checked in `cmsg_sp
 #[repr(C, align(8))]
 struct CmsgBuf([u8; CMSG_SPACE]);
 
-/// Sends `data` and `fds` in one message, without blocking and without `SIGPIPE`.
+/// Sends `data` and `fds` (at most four, perhaps none) in one message, without blocking and
+/// without `SIGPIPE`.
 pub(crate) fn send_with_fds(
     sock: BorrowedFd<'_>,
     data: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<usize> {
-    assert!(fds.len() <= MAX_FDS && !fds.is_empty());
+    assert!(fds.len() <= MAX_FDS);
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    if fds.is_empty() {
+        // SAFETY: `data` is valid for reads of its length for the duration of the call.
+        let n = syscall!(send(
+            sock.as_raw_fd(),
+            data.as_ptr().cast::<c_void>(),
+            data.len(),
+            flags
+        ))?;
+        return Ok(n as usize);
+    }
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut c_void,
         iov_len: data.len(),
@@ -391,11 +403,7 @@ pub(crate) fn send_with_fds(
         }
     }
     // SAFETY: msg and everything it points to are valid for the call.
-    let n = syscall!(sendmsg(
-        sock.as_raw_fd(),
-        &msg,
-        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
-    ))?;
+    let n = syscall!(sendmsg(sock.as_raw_fd(), &msg, flags))?;
     Ok(n as usize)
 }
 

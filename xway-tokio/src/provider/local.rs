@@ -4,18 +4,23 @@
 //! - **Doorbells**: a connected pair of Unix datagram sockets, one end per side, registered
 //!   with tokio through [`AsyncFd`]; a byte sent on one end wakes the other.
 //! - **Rendezvous**: a listener bound to `ip:port` listens on the abstract Unix socket
-//!   `xway/2/<ip>/<port>` (abstract names live in the network namespace, like the TCP port).
+//!   `xway/3/<ip>/<port>` (abstract names live in the network namespace, like the TCP port).
 //!   A client connecting to `ip:port` looks for that name, checks the listener's user with
 //!   `SO_PEERCRED`, and sends its offer with the memfd and the server's doorbell end (`SCM_RIGHTS`)
 //!   *before* its TCP SYN. It keeps that rendezvous connection for its next connects (until it
 //!   makes no offer for a second). The listener watches every rendezvous connection and opens
 //!   each offer (checks, maps, registers the doorbell) as it arrives, while the client's TCP
 //!   handshake is under way; when it accepts the TCP connection, it only looks the offer up.
+//! - **Reuse**: when a small connection ends, both sides keep its ring (see [`Kept`]), and the
+//!   client's next connect to the same listener offers it again, without descriptors: neither
+//!   side then creates, passes, maps or unmaps anything to set a connection up.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::num::NonZeroU64;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Weak;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -24,7 +29,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::Doorbell;
 use crate::config::UidPolicy;
-use crate::ring::layout::{canonical, Header, Layout, STATE_OFFSET};
+use crate::ring::layout::{canonical, Header, Layout, CONTROL_LEN, STATE_OFFSET};
 use crate::ring::{layout::state, Region};
 use crate::setup::wire::{Offer, OFFER_LEN};
 use crate::sys;
@@ -38,11 +43,13 @@ const MAX_PENDING_OFFERS: usize = 256;
 
 /// The rendezvous name of a listener bound to `addr`.
 ///
-/// Version 2: a rendezvous connection carries any number of offers. (A version-1 listener
-/// read one offer per connection and closed it, so a newer client would lose the offers it
-/// sent meanwhile; with distinct names, the two just do not meet and use TCP.)
+/// The version changes with anything a listener of the previous one would misread, so that
+/// the two just do not meet and use TCP: version 2 kept a rendezvous connection for any
+/// number of offers (a version-1 listener read one per connection and closed it, so a newer
+/// client would lose the offers it sent meanwhile); version 3 offers kept rings again (a
+/// version-2 listener rejects such offers and closes the connection).
 fn rendezvous_name(ip: IpAddr, port: u16) -> Vec<u8> {
-    format!("xway/2/{}/{}", ip.to_canonical(), port).into_bytes()
+    format!("xway/3/{}/{}", ip.to_canonical(), port).into_bytes()
 }
 
 /// Most queued wake-ups consumed per wake. A peer that floods us can only make us poll again,
@@ -84,6 +91,10 @@ impl Doorbell for SocketDoorbell {
     fn ring_peer(&self) -> io::Result<()> {
         sys::doorbell_ring(self.end.get_ref().as_fd())
     }
+
+    fn into_end(self: Box<Self>) -> Option<OwnedFd> {
+        Some(self.end.into_inner())
+    }
 }
 
 // ---- listener side ---------------------------------------------------------------------------
@@ -94,6 +105,8 @@ impl Doorbell for SocketDoorbell {
 pub(crate) struct Prepared {
     pub(crate) offer: Offer,
     pub(crate) opened: Opened,
+    /// Where the ring is kept once its connection ends, if its client gave it an id.
+    pub(crate) keep: Option<KeepIn>,
     received: Instant,
 }
 
@@ -102,6 +115,70 @@ pub(crate) struct Prepared {
 struct Channel {
     fd: OwnedFd,
     last_used: Instant,
+    /// The rings of this client's finished connections, kept for it to offer again.
+    kept: Arc<Mutex<Vec<Kept>>>,
+}
+
+/// Where the listener keeps a ring once its connection ends: with the client's other kept
+/// rings, for as long as that client's rendezvous connection stays open.
+#[derive(Debug)]
+pub(crate) struct KeepIn {
+    store: Weak<Mutex<Vec<Kept>>>,
+    id: NonZeroU64,
+}
+
+impl KeepIn {
+    /// What the server does with the ring once its stream is dropped: `CLAIMED -> POOLED`, and
+    /// keep it (see [`Kept`]); a ring its client discarded, or whose client is gone, goes.
+    pub(crate) fn release(self, layout: Layout, region: Region) -> crate::stream::ring_io::Release {
+        crate::stream::ring_io::Release::new(move |doorbell, moved| {
+            let Some(bell) = doorbell.into_end() else {
+                return;
+            };
+            if moved > KEEP_AT_MOST {
+                discard(&region);
+                return;
+            }
+            if region
+                .compare_exchange(STATE_OFFSET, state::CLAIMED, state::POOLED)
+                .is_err()
+            {
+                return;
+            }
+            let kept = Kept {
+                id: self.id,
+                layout,
+                region,
+                bell: Some(bell),
+            };
+            let Some(store) = self.store.upgrade() else {
+                return;
+            };
+            let mut all = store.lock().unwrap_or_else(|e| e.into_inner());
+            let load = |k: &Kept| {
+                k.region
+                    .load(STATE_OFFSET, std::sync::atomic::Ordering::Acquire)
+            };
+            all.retain(|k| load(k) != state::DISCARDED);
+            if all.len() >= MAX_KEPT {
+                // Only one its client is not offering again right now.
+                let evictable = all.iter().position(|k| {
+                    k.region
+                        .compare_exchange(STATE_OFFSET, state::POOLED, state::DISCARDED)
+                        .is_ok()
+                });
+                if let Some(i) = evictable {
+                    all.remove(i);
+                }
+            }
+            // A client that wins back every ring and never offers it could otherwise grow this
+            // without bound; an honest one that reuses this one now waits for its verdict
+            // until its deadline, then uses TCP.
+            if all.len() < MAX_KEPT_BY_LISTENER {
+                all.push(kept);
+            }
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -309,6 +386,7 @@ impl Advertisement {
                         Channel {
                             fd: conn,
                             last_used: now,
+                            kept: Arc::default(),
                         },
                     );
                 }
@@ -345,7 +423,7 @@ fn receive_offers(p: &mut Pending, token: u64, now: Instant) -> bool {
                 break;
             }
             Ok((n, fds)) => match Offer::decode(&buf[..n]) {
-                Ok(offer) if fds.len() == 2 => received.push((offer, fds)),
+                Ok(offer) if fds.len() == offer.descriptors() => received.push((offer, fds)),
                 Ok(_) => {
                     tracing::debug!(fds = fds.len(), "xway: offer with wrong descriptor count");
                     close = true;
@@ -369,6 +447,7 @@ fn receive_offers(p: &mut Pending, token: u64, now: Instant) -> bool {
             }
         }
     }
+    let store = Arc::clone(&channel.kept);
     if close {
         p.channels.remove(&token);
         more = false;
@@ -385,12 +464,31 @@ fn receive_offers(p: &mut Pending, token: u64, now: Instant) -> bool {
             tracing::debug!(client = %key.0, "xway: conflicting offers for one connection, both dropped");
             continue;
         }
-        let opened = open_offer(&offer, fds);
+        let opened = if offer.reused {
+            let id = offer.ring.map_or(0, NonZeroU64::get);
+            let kept = {
+                let mut all = store.lock().unwrap_or_else(|e| e.into_inner());
+                let i = all.iter().position(|k| k.id.get() == id);
+                i.map(|i| all.remove(i))
+            };
+            match kept {
+                Some(kept) if kept.layout == offer.layout => open_kept(&offer, kept),
+                Some(_) => Opened::Unusable(invalid("offer's layout is not its kept ring's")),
+                None => Opened::Unusable(invalid("offer names a ring that is not kept")),
+            }
+        } else {
+            open_offer(&offer, fds)
+        };
+        let keep = offer.ring.map(|id| KeepIn {
+            store: Arc::downgrade(&store),
+            id,
+        });
         p.offers.insert(
             key,
             Prepared {
                 offer,
                 opened,
+                keep,
                 received: now,
             },
         );
@@ -472,6 +570,31 @@ fn open_offer(offer: &Offer, fds: Vec<OwnedFd>) -> Opened {
     }
 }
 
+/// Validates a ring kept from an earlier connection with this client (see [`Kept`]) for a new
+/// offer: it is mapped and was checked then; its header must now name this connection.
+fn open_kept(offer: &Offer, mut kept: Kept) -> Opened {
+    use crate::setup::wire::DeclineReason;
+    let bell = kept.bell.take().expect("a kept ring has its doorbell end");
+    let region = kept.region.clone();
+    let expected = Header {
+        layout: offer.layout,
+        nonce: offer.nonce,
+        client: offer.client,
+        server: offer.server,
+    };
+    if let Err(detail) = crate::ring::check_header(&region, &expected) {
+        return decline(region, DeclineReason::InvalidRegion, &detail);
+    }
+    match SocketDoorbell::new(bell) {
+        Ok(doorbell) => Opened::Ready { region, doorbell },
+        Err(e) => decline(
+            region,
+            DeclineReason::Resources,
+            &format!("registering doorbell: {e}"),
+        ),
+    }
+}
+
 fn decline(region: Region, reason: crate::setup::wire::DeclineReason, detail: &str) -> Opened {
     Opened::Decline {
         region,
@@ -506,7 +629,61 @@ pub(crate) struct Rendezvous {
     /// A TCP socket bound for the next connect to `dst`, and its canonical address (see
     /// [`Rendezvous::take_bound_socket`]).
     bound: Mutex<Option<(socket2::Socket, SocketAddr)>>,
+    /// Rings of finished connections made over this rendezvous connection, oldest first, kept
+    /// to be offered again (see [`Kept`]).
+    kept: Mutex<Vec<Kept>>,
+    /// The id of the next new ring offered on this connection (ids start at 1).
+    next_id: std::sync::atomic::AtomicU64,
 }
+
+/// A ring of a finished connection, kept by the side that holds it to be used again by the
+/// same two processes: a new connection then costs neither side a memfd, a mapping or passing
+/// descriptors.
+///
+/// The region's setup word says where it is: a side that is done with it keeps it (the server
+/// moves `CLAIMED -> POOLED`); only the client offers it again, after it wins
+/// `POOLED -> REUSING`; either side that throws it away first wins `-> DISCARDED`. So a ring
+/// is offered again only when both sides are done with it, and never after either has let it
+/// go. A side that lies in that word can only spoil connections with itself.
+#[derive(Debug)]
+struct Kept {
+    id: NonZeroU64,
+    layout: Layout,
+    region: Region,
+    /// This side's doorbell end; taken when the ring is used again.
+    bell: Option<OwnedFd>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if self.bell.is_some() {
+            discard(&self.region);
+        }
+    }
+}
+
+/// Tells the other side that this one threw the ring away: it then never keeps or offers it.
+fn discard(region: &Region) {
+    for from in [state::POOLED, state::CLAIMED] {
+        if region
+            .compare_exchange(STATE_OFFSET, from, state::DISCARDED)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Rings a client keeps per rendezvous connection, and a listener per client connection.
+const MAX_KEPT: usize = 2;
+/// Only the ring of a connection that moved at most this many bytes each way is kept: a kept
+/// ring holds the memory its connections touched (at most this much per direction, plus the
+/// control page), and a connection that moves more pays for a new ring in its transfer time
+/// anyway.
+const KEEP_AT_MOST: u32 = 64 << 10;
+/// A listener keeps more only while its client is offering them again (they cannot be
+/// evicted then), and never more than this.
+const MAX_KEPT_BY_LISTENER: usize = 8;
 
 impl Rendezvous {
     /// The socket a connect prepared for the next one to this destination, already bound, so
@@ -582,6 +759,8 @@ pub(crate) fn find_listener(
         dst,
         uid,
         bound: Mutex::new(None),
+        kept: Mutex::new(Vec::new()),
+        next_id: std::sync::atomic::AtomicU64::new(1),
     });
     let mut cache = rendezvous_cache();
     cache.by_dst.retain(|r| r.dst != dst);
@@ -594,40 +773,139 @@ pub(crate) fn find_listener(
     Ok(Some(rendezvous))
 }
 
-/// Sends the offer for `ring` on `rendezvous`. A connection the listener has closed (it was
-/// dropped or restarted, or it found the connection misbehaving) is replaced once by a new
-/// lookup.
-pub(crate) fn send_offer(
+/// Makes the ring for the connection `header` names and offers it on `rendezvous`; the ring
+/// and the rendezvous connection it was offered on (where it is kept once the connection ends,
+/// see [`keep_on`]).
+///
+/// The ring is one kept from a finished connection to this listener if there is one (see
+/// [`Kept`]), else a spare or a new one, sent with the offer. A connection the listener has
+/// closed (it was dropped or restarted, or it found the connection misbehaving) is replaced
+/// once by a new lookup, with a new ring.
+pub(crate) fn offer(
     mut rendezvous: Arc<Rendezvous>,
     policy: &UidPolicy,
-    ring: &ClientRing,
-    offer: &Offer,
-) -> Result<(), FallbackReason> {
+    header: &Header,
+) -> Result<(ClientRing, Arc<Rendezvous>), FallbackReason> {
     let failed = |e: io::Error| FallbackReason::SetupFailed {
         error: format!("sending the offer: {e}"),
     };
     let mut fresh = false;
     loop {
-        match ring.send_offer_on(&rendezvous, offer) {
-            Ok(()) => return Ok(()),
-            // The listener is not keeping up: TCP now, the connection stays.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(failed(e)),
-            Err(e) => {
-                forget(&rendezvous);
-                let gone = matches!(
-                    e.kind(),
-                    io::ErrorKind::BrokenPipe
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::NotConnected
-                );
-                if fresh || !gone {
-                    return Err(failed(e));
+        let ring = rendezvous
+            .ring_for(header)
+            .map_err(|e| FallbackReason::SetupFailed {
+                error: format!("creating the ring: {e}"),
+            })?;
+        let e = match ring.send_offer_on(&rendezvous, header) {
+            Ok(()) => return Ok((ring, rendezvous)),
+            Err(e) => e,
+        };
+        // Nobody will claim it: a kept ring must not stay offered in the listener's keeping.
+        discard_offered(&ring.region);
+        // The listener is not keeping up: TCP now, the connection stays.
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Err(failed(e));
+        }
+        forget(&rendezvous);
+        let gone = matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::NotConnected
+        );
+        if fresh || !gone {
+            return Err(failed(e));
+        }
+        fresh = true;
+        rendezvous = match find_listener(rendezvous.dst, policy)? {
+            Some(again) => again,
+            None => return Err(FallbackReason::NotAdvertised),
+        };
+    }
+}
+
+fn discard_offered(region: &Region) {
+    let _ = region.compare_exchange(STATE_OFFSET, state::OFFERED, state::DISCARDED);
+}
+
+/// What the client does with its ring once its connection ends: keep it on `rendezvous` to
+/// be offered again (see [`Kept`]).
+pub(crate) fn keep_on(
+    rendezvous: &Arc<Rendezvous>,
+    ring: &ClientRing,
+) -> crate::stream::ring_io::Release {
+    let rendezvous = Arc::downgrade(rendezvous);
+    let (id, layout, region) = (ring.id, ring.layout, ring.region.clone());
+    crate::stream::ring_io::Release::new(move |doorbell, moved| {
+        let kept = Kept {
+            id,
+            layout,
+            region,
+            bell: doorbell.into_end(),
+        };
+        // Dropped instead, it tells the listener to let it go too.
+        if kept.bell.is_none() || moved > KEEP_AT_MOST {
+            return;
+        }
+        if let Some(rendezvous) = rendezvous.upgrade() {
+            let mut all = rendezvous.kept.lock().unwrap_or_else(|e| e.into_inner());
+            if all.len() >= MAX_KEPT {
+                all.remove(0);
+            }
+            all.push(kept);
+        }
+    })
+}
+
+impl Rendezvous {
+    /// The setup states of the rings this client keeps, oldest first.
+    #[cfg(test)]
+    pub(crate) fn kept_states(&self) -> Vec<u32> {
+        let all = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .map(|k| {
+                k.region
+                    .load(STATE_OFFSET, std::sync::atomic::Ordering::Acquire)
+            })
+            .collect()
+    }
+
+    /// A ring kept from a finished connection to this listener, won back from it, or else a
+    /// spare or a new one; its header and `OFFERED` state written.
+    fn ring_for(&self, header: &Header) -> io::Result<ClientRing> {
+        let kept = {
+            let mut all = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            // The oldest first: it is the likeliest to be done with on the listener's side.
+            let mut found = None;
+            let mut i = 0;
+            while i < all.len() {
+                if all[i].layout != header.layout {
+                    i += 1;
+                    continue;
                 }
-                fresh = true;
-                rendezvous = match find_listener(rendezvous.dst, policy)? {
-                    Some(again) => again,
-                    None => return Err(FallbackReason::NotAdvertised),
-                };
+                match all[i]
+                    .region
+                    .compare_exchange(STATE_OFFSET, state::POOLED, state::REUSING)
+                {
+                    Ok(_) => {
+                        found = Some(all.remove(i));
+                        break;
+                    }
+                    // The listener threw it away: so do we.
+                    Err(state::DISCARDED) => drop(all.remove(i)),
+                    // Its listener side is still in use.
+                    Err(_) => i += 1,
+                }
+            }
+            found
+        };
+        match kept {
+            Some(kept) => ClientRing::reuse(kept, header),
+            None => {
+                let id = self
+                    .next_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ClientRing::create(header, NonZeroU64::new(id).unwrap_or(NonZeroU64::MIN))
             }
         }
     }
@@ -698,11 +976,14 @@ fn lookup(dst: SocketAddr, policy: &UidPolicy) -> Result<Option<(OwnedFd, u32)>,
 #[derive(Debug)]
 pub(crate) struct ClientRing {
     pub(crate) region: Region,
-    memfd: OwnedFd,
+    layout: Layout,
+    /// Its id on the rendezvous connection it is offered on.
+    id: NonZeroU64,
+    /// The memfd and the server's doorbell end, sent with the offer; `None` for a ring the
+    /// listener kept from an earlier connection.
+    fds: Option<(OwnedFd, OwnedFd)>,
     /// The client's end of the doorbell pair, registered with tokio.
     doorbell: SocketDoorbell,
-    /// The server's end, sent with the offer.
-    server_bell: OwnedFd,
 }
 
 impl ClientRing {
@@ -712,7 +993,7 @@ impl ClientRing {
     ///
     /// Takes a spare ring from this process's pool when one of the right layout is there (see
     /// [`build_spare_step`]); creates one otherwise.
-    pub(crate) fn create(header: &Header) -> io::Result<ClientRing> {
+    fn create(header: &Header, id: NonZeroU64) -> io::Result<ClientRing> {
         let spare = match take_spare(header.layout) {
             Some(spare) => spare,
             None => Spare::create(header.layout, false)?,
@@ -731,25 +1012,59 @@ impl ClientRing {
                 Region::new(Arc::new(sys::Mapping::map_sealed(memfd.as_fd(), len)?))
             }
         };
-        region.write_bytes(0, &header.encode());
-        region.store(
-            STATE_OFFSET,
-            state::OFFERED,
-            std::sync::atomic::Ordering::Release,
-        );
         let doorbell = SocketDoorbell::new(client_bell)?;
+        offer_region(&region, header);
         Ok(ClientRing {
             region,
-            memfd,
+            layout: header.layout,
+            id,
+            fds: Some((memfd, server_bell)),
             doorbell,
-            server_bell,
         })
     }
 
-    /// Sends the offer with the region and the server's doorbell end in one message.
-    fn send_offer_on(&self, rendezvous: &Rendezvous, offer: &Offer) -> io::Result<()> {
+    /// Makes a ring won back from `POOLED` (see [`Kept`]) the ring for `header`: resets its
+    /// control page (what the last connection left there), writes the header and `OFFERED`.
+    fn reuse(mut kept: Kept, header: &Header) -> io::Result<ClientRing> {
+        let bell = kept.bell.take().expect("a kept ring has its doorbell end");
+        let doorbell = match SocketDoorbell::new(bell) {
+            Ok(doorbell) => doorbell,
+            Err(e) => {
+                let _ =
+                    kept.region
+                        .compare_exchange(STATE_OFFSET, state::REUSING, state::DISCARDED);
+                return Err(e);
+            }
+        };
+        static ZEROS: [u8; CONTROL_LEN] = [0; CONTROL_LEN];
+        kept.region.write_bytes(0, &ZEROS[..STATE_OFFSET]);
+        kept.region
+            .write_bytes(STATE_OFFSET + 4, &ZEROS[STATE_OFFSET + 4..]);
+        offer_region(&kept.region, header);
+        Ok(ClientRing {
+            region: kept.region.clone(),
+            layout: kept.layout,
+            id: kept.id,
+            fds: None,
+            doorbell,
+        })
+    }
+
+    /// Sends the offer, with the region and the server's doorbell end for a new ring.
+    fn send_offer_on(&self, rendezvous: &Rendezvous, header: &Header) -> io::Result<()> {
+        let offer = Offer {
+            nonce: header.nonce,
+            client: header.client,
+            server: header.server,
+            layout: header.layout,
+            ring: Some(self.id),
+            reused: self.fds.is_none(),
+        };
         let bytes = offer.encode();
-        let fds = [self.memfd.as_fd(), self.server_bell.as_fd()];
+        let fds = match &self.fds {
+            Some((memfd, bell)) => vec![memfd.as_fd(), bell.as_fd()],
+            None => Vec::new(),
+        };
         let fd = rendezvous.fd.lock().unwrap_or_else(|e| e.into_inner());
         let n = sys::send_with_fds(fd.as_fd(), &bytes, &fds)?;
         if n != bytes.len() {
@@ -764,6 +1079,17 @@ impl ClientRing {
     pub(crate) fn into_doorbell(self) -> SocketDoorbell {
         self.doorbell
     }
+}
+
+/// Writes the header naming the connection, then the `OFFERED` state: from here on, the
+/// listener may claim the region.
+fn offer_region(region: &Region, header: &Header) {
+    region.write_bytes(0, &header.encode());
+    region.store(
+        STATE_OFFSET,
+        state::OFFERED,
+        std::sync::atomic::Ordering::Release,
+    );
 }
 
 // ---- spare rings -----------------------------------------------------------------------------
@@ -1036,6 +1362,33 @@ mod tests {
         assert!(
             allocated < layout.region_len() as u64,
             "{allocated} bytes allocated"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_offer_reusing_a_ring_the_listener_does_not_keep_is_unusable() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = tcp.local_addr().unwrap();
+        let advertisement = Advertisement::bind(server, UidPolicy::SameUser).unwrap();
+        let rendezvous = find_listener(server, &UidPolicy::SameUser)
+            .unwrap()
+            .expect("advertised");
+        let offer = Offer {
+            nonce: [1; 16],
+            client: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+            server,
+            layout: Layout::symmetric(16).unwrap(),
+            ring: NonZeroU64::new(99),
+            reused: true,
+        };
+        let fd = rendezvous.fd.lock().unwrap();
+        sys::send_with_fds(fd.as_fd(), &offer.encode(), &[]).unwrap();
+        drop(fd);
+        let prepared = advertisement.take_offer(offer.client, server).unwrap();
+        assert!(
+            matches!(prepared.opened, Opened::Unusable(_)),
+            "{:?}",
+            prepared.opened
         );
     }
 

@@ -40,4 +40,10 @@ pub(crate) trait Doorbell: Send + Sync + fmt::Debug {
 
     /// Wakes the peer.
     fn ring_peer(&self) -> io::Result<()>;
+
+    /// This side's end, deregistered, for a ring that is kept to be used again; `None` if the
+    /// doorbell cannot be kept (only the local provider's can).
+    fn into_end(self: Box<Self>) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
 }

@@ -86,6 +86,14 @@ pub(crate) mod state {
     pub(crate) const ABANDONED: u32 = 3;
     /// The server declined the offer; a verdict is on its way over TCP.
     pub(crate) const DECLINED: u32 = 4;
+    /// The server's stream is gone and it keeps the region for its client to offer again
+    /// (local provider, from `CLAIMED`).
+    pub(crate) const POOLED: u32 = 5;
+    /// The client won the region back from `POOLED` and is writing a new header; `OFFERED`
+    /// follows.
+    pub(crate) const REUSING: u32 = 6;
+    /// One side threw the region away: nobody may offer or pool it again.
+    pub(crate) const DISCARDED: u32 = 7;
 }
 
 /// Where the two rings of a region are, computed from (already validated) orders.

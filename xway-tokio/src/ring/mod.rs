@@ -249,6 +249,11 @@ impl Producer {
         Ok(self.pipe.size - used)
     }
 
+    /// Bytes published so far (modulo 2^32).
+    pub(crate) fn published(&self) -> u32 {
+        self.prod
+    }
+
     /// Free space now, validated.
     pub(crate) fn free_space(&self) -> Result<usize, RingError> {
         self.free().map(|f| f as usize)
@@ -407,6 +412,13 @@ impl Consumer {
         } else {
             Ok((0, Read::Closed))
         }
+    }
+
+    /// Bytes the producer published so far as far as this side has seen: consumed, plus those
+    /// waiting (modulo 2^32; what a misbehaving producer claims counts as nothing more).
+    pub(crate) fn seen(&self) -> u32 {
+        let waiting = self.poll_state().map_or(0, |(n, _)| n);
+        self.cons.wrapping_add(waiting)
     }
 
     /// Bytes that can be read now without waiting.

@@ -47,7 +47,7 @@ use crate::ring::{endpoints, Activity, Region, Role};
 use crate::stream::ring_io::RingIo;
 use crate::transport::{FallbackReason, Provider};
 use crate::XwayStream;
-use wire::{classify, Offer, Peeked, Verdict, VERDICT_LEN};
+use wire::{classify, Peeked, Verdict, VERDICT_LEN};
 
 /// How much longer than the rendezvous deadline a client waits once a server has claimed its
 /// region: the verdict is written right after the claim, so only a frozen server takes this long.
@@ -105,8 +105,9 @@ pub(crate) async fn connect_addr(addr: SocketAddr, config: &XwayConfig) -> io::R
     match verdict {
         None => {
             let activity = Activity::new(ring.region.clone(), Role::Client);
-            let (tx, rx, doorbell) = ring.into_parts();
-            let io = RingIo::new(stream, tx, rx, activity, doorbell, config.spin_budget());
+            let (tx, rx, doorbell, release) = ring.into_parts();
+            let io = RingIo::new(stream, tx, rx, activity, doorbell, config.spin_budget())
+                .with_release(release);
             Ok(XwayStream::from_ring(io, Provider::Local))
         }
         Some(reason) => tcp(stream, reason, required),
@@ -295,6 +296,8 @@ struct Offered {
     region: Region,
     nonce: [u8; 16],
     ring: ClientRing,
+    /// The rendezvous connection it was offered on, where it is kept once the stream ends.
+    rendezvous: Arc<local::Rendezvous>,
     tx: crate::ring::Producer,
     rx: crate::ring::Consumer,
     _abandon: AbandonOnDrop,
@@ -308,16 +311,19 @@ impl Offered {
         crate::ring::Producer,
         crate::ring::Consumer,
         Box<dyn crate::provider::Doorbell>,
+        crate::stream::ring_io::Release,
     ) {
         let Offered {
             ring,
+            rendezvous,
             tx,
             rx,
             _abandon: mut guard,
             ..
         } = self;
         guard.armed = false;
-        (tx, rx, Box::new(ring.into_doorbell()))
+        let release = local::keep_on(&rendezvous, &ring);
+        (tx, rx, Box::new(ring.into_doorbell()), release)
     }
 }
 
@@ -342,9 +348,6 @@ fn offer_ring(
     config: &XwayConfig,
     rendezvous: Arc<local::Rendezvous>,
 ) -> Result<Offered, FallbackReason> {
-    let setup_failed = |what: &str, e: io::Error| FallbackReason::SetupFailed {
-        error: format!("{what}: {e}"),
-    };
     let nonce = new_nonce()?;
     let layout = local::layout_for(config.ring_order());
     let header = Header {
@@ -353,20 +356,13 @@ fn offer_ring(
         client,
         server: canonical(server),
     };
-    let ring = ClientRing::create(&header).map_err(|e| setup_failed("creating the ring", e))?;
+    let (ring, rendezvous) = local::offer(rendezvous, config.uid_policy(), &header)?;
     let region = ring.region.clone();
     // This client will spin for the claim and use the ring right after it: saying so now lets
     // a server whose first read comes before our first write spin for it, instead of sleeping
     // and making our write ring its doorbell (two wake-ups in the first exchange).
     Activity::new(region.clone(), Role::Client).publish(true, crate::sys::current_cpu());
     let (tx, rx) = endpoints(region.clone(), layout, Role::Client);
-    let offer = Offer {
-        nonce,
-        client,
-        server: canonical(server),
-        layout,
-    };
-    local::send_offer(rendezvous, config.uid_policy(), &ring, &offer)?;
     let _abandon = AbandonOnDrop {
         region: region.clone(),
         armed: true,
@@ -375,6 +371,7 @@ fn offer_ring(
         region,
         nonce,
         ring,
+        rendezvous,
         tx,
         rx,
         _abandon,
@@ -654,6 +651,7 @@ pub(crate) fn accept(
             Opened::Ready { region, doorbell } => claim(
                 stream,
                 Claim {
+                    release: prepared.keep.map(|k| k.release(layout, region.clone())),
                     region,
                     layout,
                     nonce,
@@ -709,6 +707,7 @@ async fn accept_xen(
                     // See `connect_xen`: no spinning between guests.
                     spin_budget: Duration::ZERO,
                     provider: Provider::Xen,
+                    release: None,
                 },
             );
             if stream.transport().is_ring() {
@@ -734,6 +733,9 @@ struct Claim {
     doorbell: Box<dyn Doorbell>,
     spin_budget: Duration,
     provider: Provider,
+    /// What the provider does with the ring once the stream ends (the local provider keeps
+    /// it for its client to offer again).
+    release: Option<crate::stream::ring_io::Release>,
 }
 
 /// Claims the region (`OFFERED -> CLAIMED`) and, only if that wins, sends the accept verdict.
@@ -749,7 +751,10 @@ fn claim(stream: TcpStream, c: Claim) -> XwayStream {
                 // The connection is broken; the ring stream reports it on first use.
                 tracing::debug!(error = %e, "xway: sending the accept verdict failed");
             }
-            let io = RingIo::new(stream, tx, rx, activity, c.doorbell, c.spin_budget);
+            let mut io = RingIo::new(stream, tx, rx, activity, c.doorbell, c.spin_budget);
+            if let Some(release) = c.release {
+                io = io.with_release(release);
+            }
             XwayStream::from_ring(io, c.provider)
         }
         Err(s) if s == state::ABANDONED => {
@@ -802,6 +807,74 @@ mod tests {
     use super::*;
     use crate::config::UidPolicy;
     use crate::XwayListener;
+
+    /// Sends `n` bytes each way over `a` and `b` at once and checks they arrive intact.
+    async fn exchange(a: &mut XwayStream, b: &mut XwayStream, n: usize) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let data: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+        let (mut ar, mut aw) = a.split();
+        let (mut br, mut bw) = b.split();
+        let (mut got_a, mut got_b) = (vec![0u8; n], vec![0u8; n]);
+        let (w1, w2, r1, r2) = tokio::join!(
+            aw.write_all(&data),
+            bw.write_all(&data),
+            ar.read_exact(&mut got_a),
+            br.read_exact(&mut got_b)
+        );
+        w1.unwrap();
+        w2.unwrap();
+        r1.unwrap();
+        r2.unwrap();
+        assert!(got_a == data && got_b == data, "bytes arrived intact");
+    }
+
+    #[tokio::test]
+    async fn the_next_connect_between_two_processes_offers_a_finished_connections_ring_again() {
+        let listener = XwayListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rendezvous = || {
+            local::find_listener(addr, &UidPolicy::SameUser)
+                .unwrap()
+                .expect("the rendezvous connection is kept")
+        };
+        for round in 0..4 {
+            let (client, accepted) = tokio::join!(XwayStream::connect(addr), listener.accept());
+            let (mut client, (mut server, _)) = (client.unwrap(), accepted.unwrap());
+            assert!(client.transport().is_ring(), "round {round}");
+            if round > 0 {
+                assert_eq!(
+                    rendezvous().kept_states(),
+                    [],
+                    "round {round} took the kept ring"
+                );
+            }
+            // The counters of a reused ring start again from what the last connection left.
+            exchange(&mut client, &mut server, 48 << 10).await;
+            drop(client);
+            drop(server);
+            // Both sides are done: the client keeps the ring, which the listener kept too.
+            assert_eq!(rendezvous().kept_states(), [state::POOLED], "round {round}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ring_of_a_connection_that_moved_more_than_64_kib_is_not_kept() {
+        let listener = XwayListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(XwayStream::connect(addr), listener.accept());
+        let (mut client, (mut server, _)) = (client.unwrap(), accepted.unwrap());
+        exchange(&mut client, &mut server, (64 << 10) + 1).await;
+        drop(client);
+        drop(server);
+        let rendezvous = local::find_listener(addr, &UidPolicy::SameUser)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            rendezvous.kept_states(),
+            [],
+            "its pages are not held for later"
+        );
+    }
 
     #[tokio::test]
     async fn a_connect_uses_the_socket_its_predecessor_bound_ahead() {

@@ -13,7 +13,11 @@
 //!   52  20 server address
 //!   72  4  client->server ring order
 //!   76  4  server->client ring order
-//!   80  16 reserved (0)
+//!   80  8  ring id on this rendezvous connection, or 0 (local provider: the listener may keep
+//!          the region once the connection ends, for the client to offer again)
+//!   88  4  1: the offer uses the region of that id again, kept by the listener, and carries no
+//!          descriptors; 0: its region and doorbell come with it (SCM_RIGHTS)
+//!   92  4  reserved (0)
 //!
 //! Verdict (server -> client, on the TCP connection itself), 32 bytes
 //!   0   8  magic "XWAYVRD1"
@@ -28,6 +32,7 @@
 //! so a plain TCP peer never receives it (invariant I1).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 
 use crate::ring::layout::{decode_addr, encode_addr, Layout};
 
@@ -44,6 +49,11 @@ pub(crate) struct Offer {
     pub(crate) client: SocketAddr,
     pub(crate) server: SocketAddr,
     pub(crate) layout: Layout,
+    /// The region's id on the rendezvous connection: the listener keeps the region under it
+    /// for reuse. `None`: the region is used once.
+    pub(crate) ring: Option<NonZeroU64>,
+    /// The offer uses the region of id `ring` again: no descriptors come with it.
+    pub(crate) reused: bool,
 }
 
 /// Why an offer could not be decoded.
@@ -55,6 +65,8 @@ pub(crate) enum OfferError {
     Reserved,
     Address,
     Order,
+    /// It reuses a region without naming one.
+    Reuse,
 }
 
 impl std::fmt::Display for OfferError {
@@ -66,12 +78,19 @@ impl std::fmt::Display for OfferError {
             OfferError::Reserved => f.write_str("offer has non-zero reserved bytes"),
             OfferError::Address => f.write_str("offer has a malformed address"),
             OfferError::Order => f.write_str("offer has a ring order out of range"),
+            OfferError::Reuse => f.write_str("offer reuses a ring without naming one"),
         }
     }
 }
 
 fn u32_le(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_le(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
 }
 
 impl Offer {
@@ -84,7 +103,19 @@ impl Offer {
         b[52..72].copy_from_slice(&encode_addr(self.server));
         b[72..76].copy_from_slice(&self.layout.c2s_order.to_le_bytes());
         b[76..80].copy_from_slice(&self.layout.s2c_order.to_le_bytes());
+        b[80..88].copy_from_slice(&self.ring.map_or(0, NonZeroU64::get).to_le_bytes());
+        b[88..92].copy_from_slice(&u32::from(self.reused).to_le_bytes());
         b
+    }
+
+    /// How many descriptors come with this offer: none for a region used again, else the
+    /// region and the server's doorbell end.
+    pub(crate) fn descriptors(&self) -> usize {
+        if self.reused {
+            0
+        } else {
+            2
+        }
     }
 
     pub(crate) fn decode(b: &[u8]) -> Result<Offer, OfferError> {
@@ -98,7 +129,7 @@ impl Offer {
         if version != PROTOCOL_VERSION {
             return Err(OfferError::Version(version));
         }
-        if b[12..16].iter().chain(&b[80..96]).any(|&x| x != 0) {
+        if b[12..16].iter().chain(&b[92..96]).any(|&x| x != 0) {
             return Err(OfferError::Reserved);
         }
         let mut nonce = [0u8; 16];
@@ -106,11 +137,20 @@ impl Offer {
         let client = decode_addr(&b[32..52]).ok_or(OfferError::Address)?;
         let server = decode_addr(&b[52..72]).ok_or(OfferError::Address)?;
         let layout = Layout::new(u32_le(b, 72), u32_le(b, 76)).ok_or(OfferError::Order)?;
+        let ring = NonZeroU64::new(u64_le(b, 80));
+        let reused = match u32_le(b, 88) {
+            0 => false,
+            1 if ring.is_some() => true,
+            1 => return Err(OfferError::Reuse),
+            _ => return Err(OfferError::Reserved),
+        };
         Ok(Offer {
             nonce,
             client,
             server,
             layout,
+            ring,
+            reused,
         })
     }
 }
@@ -219,12 +259,22 @@ mod tests {
             client: "127.0.0.1:5000".parse().unwrap(),
             server: "127.0.0.1:80".parse().unwrap(),
             layout: Layout::symmetric(16).unwrap(),
+            ring: None,
+            reused: false,
         }
     }
 
     #[test]
     fn offer_round_trips() {
         assert_eq!(Offer::decode(&offer().encode()), Ok(offer()));
+        let reusing = Offer {
+            ring: NonZeroU64::new(u64::MAX),
+            reused: true,
+            ..offer()
+        };
+        assert_eq!(Offer::decode(&reusing.encode()), Ok(reusing));
+        assert_eq!(reusing.descriptors(), 0);
+        assert_eq!(offer().descriptors(), 2);
     }
 
     #[test]
@@ -238,8 +288,14 @@ mod tests {
         b[8] = 9;
         assert_eq!(Offer::decode(&b), Err(OfferError::Version(9)));
         let mut b = good;
-        b[90] = 1;
+        b[93] = 1;
         assert_eq!(Offer::decode(&b), Err(OfferError::Reserved));
+        let mut b = good;
+        b[88] = 2;
+        assert_eq!(Offer::decode(&b), Err(OfferError::Reserved));
+        let mut b = good;
+        b[88] = 1;
+        assert_eq!(Offer::decode(&b), Err(OfferError::Reuse), "reuses no ring");
         let mut b = good;
         b[32] = 5;
         assert_eq!(Offer::decode(&b), Err(OfferError::Address));

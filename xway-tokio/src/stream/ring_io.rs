@@ -87,6 +87,42 @@ pub(crate) struct RingIo {
     running: AtomicBool,
     spinner: Spinner,
     counters: Counters,
+    /// Called once this side has written to the region for the last time (see
+    /// [`RingIo::with_release`]).
+    release: Option<Release>,
+}
+
+/// What a provider does with a ring this side is done with: it gets the doorbell back, after
+/// the last write of this side to the region, and the bytes that went through the ring's
+/// busier direction (modulo 2^32: which pages of the region the connection touched).
+pub(crate) struct Release(Box<dyn FnOnce(Box<dyn Doorbell>, u32) + Send + Sync>);
+
+impl Release {
+    pub(crate) fn new(
+        release: impl FnOnce(Box<dyn Doorbell>, u32) + Send + Sync + 'static,
+    ) -> Release {
+        Release(Box::new(release))
+    }
+}
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Release")
+    }
+}
+
+/// The doorbell of a ring that was released: never used again.
+#[derive(Debug)]
+struct Released;
+
+impl Doorbell for Released {
+    fn poll_wake(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(io::Error::other("xway: doorbell of a released ring")))
+    }
+
+    fn ring_peer(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Which way a poll is waiting.
@@ -154,7 +190,15 @@ impl RingIo {
             running: AtomicBool::new(true),
             spinner: Spinner::new(max_spin),
             counters: Counters::default(),
+            release: None,
         }
+    }
+
+    /// Hands the region and doorbell to `release` once this stream is dropped, after its last
+    /// write to the region (the provider may keep them for a later connection).
+    pub(crate) fn with_release(mut self, release: Release) -> RingIo {
+        self.release = Some(release);
+        self
     }
 
     /// The TCP connection that carries addresses, options and liveness.
@@ -637,6 +681,15 @@ impl Drop for RingIo {
         let closed_rx = lock(&self.rx).close();
         if closed_tx || closed_rx {
             self.ring_peer();
+        }
+        // Nothing writes to the region after this point (the endpoints have no drop of their
+        // own), so the provider may hand it on.
+        if let Some(Release(release)) = self.release.take() {
+            let moved = lock(&self.tx).published().max(lock(&self.rx).seen());
+            release(
+                std::mem::replace(&mut self.doorbell, Box::new(Released)),
+                moved,
+            );
         }
     }
 }
