@@ -544,15 +544,6 @@ fn open_offer(offer: &Offer, fds: Vec<OwnedFd>) -> Opened {
         }
     };
     let region = Region::new(Arc::new(mapping));
-    let expected = Header {
-        layout: offer.layout,
-        nonce: offer.nonce,
-        client: offer.client,
-        server: offer.server,
-    };
-    if let Err(detail) = crate::ring::check_header(&region, &expected) {
-        return decline(region, DeclineReason::InvalidRegion, &detail);
-    }
     if !sys::is_unix_dgram_socket(server_bell.as_fd()) {
         return decline(
             region,
@@ -560,22 +551,20 @@ fn open_offer(offer: &Offer, fds: Vec<OwnedFd>) -> Opened {
             "doorbell is not a Unix datagram socket",
         );
     }
-    match SocketDoorbell::new(server_bell) {
-        Ok(doorbell) => Opened::Ready { region, doorbell },
-        Err(e) => decline(
-            region,
-            DeclineReason::Resources,
-            &format!("registering doorbell: {e}"),
-        ),
-    }
+    check_and_register(offer, region, server_bell)
 }
 
 /// Validates a ring kept from an earlier connection with this client (see [`Kept`]) for a new
 /// offer: it is mapped and was checked then; its header must now name this connection.
 fn open_kept(offer: &Offer, mut kept: Kept) -> Opened {
-    use crate::setup::wire::DeclineReason;
     let bell = kept.bell.take().expect("a kept ring has its doorbell end");
-    let region = kept.region.clone();
+    check_and_register(offer, kept.region.clone(), bell)
+}
+
+/// The last steps of opening a mapped region for `offer`: its header must name exactly this
+/// offer's connection, and the server's doorbell end is registered with tokio.
+fn check_and_register(offer: &Offer, region: Region, bell: OwnedFd) -> Opened {
+    use crate::setup::wire::DeclineReason;
     let expected = Header {
         layout: offer.layout,
         nonce: offer.nonce,
