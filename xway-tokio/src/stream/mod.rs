@@ -630,7 +630,13 @@ impl XwayStream {
         match &self.inner {
             Inner::Tcp(t) => loop {
                 ready!(t.poll_write_ready(cx))?;
-                match t.try_write_vectored(bufs) {
+                // One buffer (every `poll_write`): `send`, as tokio's own `TcpStream` does, not
+                // `writev`, which first copies the vector in.
+                let written = match bufs {
+                    [one] => t.try_write(one),
+                    _ => t.try_write_vectored(bufs),
+                };
+                match written {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     other => return Poll::Ready(other),
                 }
