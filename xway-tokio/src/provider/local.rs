@@ -155,19 +155,10 @@ impl KeepIn {
                 return;
             };
             let mut all = store.lock().unwrap_or_else(|e| e.into_inner());
-            let load = |k: &Kept| {
-                k.region
-                    .load(STATE_OFFSET, std::sync::atomic::Ordering::Acquire)
-            };
-            all.retain(|k| load(k) != state::DISCARDED);
+            all.retain(|k| k.state() != state::DISCARDED);
             if all.len() >= MAX_KEPT {
                 // Only one its client is not offering again right now.
-                let evictable = all.iter().position(|k| {
-                    k.region
-                        .compare_exchange(STATE_OFFSET, state::POOLED, state::DISCARDED)
-                        .is_ok()
-                });
-                if let Some(i) = evictable {
+                if let Some(i) = all.iter().position(|k| k.take_from_pool(state::DISCARDED)) {
                     all.remove(i);
                 }
             }
@@ -643,6 +634,22 @@ struct Kept {
     bell: Option<OwnedFd>,
 }
 
+impl Kept {
+    /// The region's setup state, as the other side may have left it.
+    fn state(&self) -> u32 {
+        self.region
+            .load(STATE_OFFSET, std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Moves the region out of `POOLED` (to `REUSING` to offer it again, to `DISCARDED` to let
+    /// it go); false if it is not there (in use, or the other side got there first).
+    fn take_from_pool(&self, to: u32) -> bool {
+        self.region
+            .compare_exchange(STATE_OFFSET, state::POOLED, to)
+            .is_ok()
+    }
+}
+
 impl Drop for Kept {
     fn drop(&mut self) {
         if self.bell.is_some() {
@@ -851,12 +858,7 @@ impl Rendezvous {
     #[cfg(test)]
     pub(crate) fn kept_states(&self) -> Vec<u32> {
         let all = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        all.iter()
-            .map(|k| {
-                k.region
-                    .load(STATE_OFFSET, std::sync::atomic::Ordering::Acquire)
-            })
-            .collect()
+        all.iter().map(Kept::state).collect()
     }
 
     /// A ring kept from a finished connection to this listener, won back from it, or else a
@@ -864,29 +866,13 @@ impl Rendezvous {
     fn ring_for(&self, header: &Header) -> io::Result<ClientRing> {
         let kept = {
             let mut all = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            // What the listener threw away, so do we.
+            all.retain(|k| k.state() != state::DISCARDED);
             // The oldest first: it is the likeliest to be done with on the listener's side.
-            let mut found = None;
-            let mut i = 0;
-            while i < all.len() {
-                if all[i].layout != header.layout {
-                    i += 1;
-                    continue;
-                }
-                match all[i]
-                    .region
-                    .compare_exchange(STATE_OFFSET, state::POOLED, state::REUSING)
-                {
-                    Ok(_) => {
-                        found = Some(all.remove(i));
-                        break;
-                    }
-                    // The listener threw it away: so do we.
-                    Err(state::DISCARDED) => drop(all.remove(i)),
-                    // Its listener side is still in use.
-                    Err(_) => i += 1,
-                }
-            }
-            found
+            let i = all
+                .iter()
+                .position(|k| k.layout == header.layout && k.take_from_pool(state::REUSING));
+            i.map(|i| all.remove(i))
         };
         match kept {
             Some(kept) => ClientRing::reuse(kept, header),
@@ -1091,8 +1077,8 @@ const MAX_SPARES: usize = 4;
 /// A ring that no other process has ever seen: a sealed memfd (for a prepared spare, mapped,
 /// with the pages of the first exchange allocated and touched), and a fresh doorbell pair.
 ///
-/// A spare is used for one offer only: once its memfd has been sent, the listener keeps it
-/// mapped, so it is never pooled again.
+/// A spare is used for one offer only: once its memfd has been sent, the listener has it
+/// mapped, so it is never a spare again (its connection's ring may be kept, see [`Kept`]).
 #[derive(Debug)]
 struct Spare {
     layout: Layout,
