@@ -331,6 +331,27 @@ pub(crate) fn current_cpu() -> u32 {
     u32::try_from(cpu).unwrap_or(u32::MAX)
 }
 
+/// Pins the calling thread to the CPU it is running on and returns that CPU (tests that need
+/// "the peer shares our CPU" to stay true).
+#[cfg(test)]
+pub(crate) fn pin_to_current_cpu() -> u32 {
+    let cpu = current_cpu();
+    // SAFETY: an all-zero `cpu_set_t` is the empty set; `set` is a valid, initialised set for
+    // the duration of the calls, which only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let pinned = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            pinned,
+            0,
+            "sched_setaffinity: {}",
+            io::Error::last_os_error()
+        );
+    }
+    cpu
+}
+
 /// True if `fd` polls writable (or failed, which a write would then report) right now.
 pub(crate) fn is_writable_now(fd: BorrowedFd<'_>) -> bool {
     let mut pfd = libc::pollfd {

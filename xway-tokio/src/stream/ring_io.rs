@@ -711,7 +711,8 @@ fn aborted() -> io::Error {
 /// polling the ring for a while costs CPU. The spinner polls only when that can pay: when the
 /// peer says it is running on another CPU, or was just rung (and so is waking up), and never
 /// when the peer shares our CPU (it could not run while we spin); then it yields the CPU a few
-/// times to a peer it just rang. Per connection, a spin that
+/// times to a peer that says it is running or that it just rang, whatever the budget. Per
+/// connection, a spin that
 /// succeeds restores the full budget and one that fails divides it by four; below a
 /// microsecond the connection stops spinning and only probes briefly every 32 waits, so idle
 /// connections and busy many-connection servers stop burning CPU on their own.
@@ -774,6 +775,21 @@ impl Spinner {
         // two sides sharing one CPU hand it to each other from the first message on.
         let peer_waking =
             start.saturating_sub(self.rung_at_ns.load(Ordering::Relaxed)) < 2 * self.max_ns;
+        let cpu = sys::current_cpu();
+        let peer = activity.peer();
+        if peer.cpu == cpu {
+            // Spinning on the CPU the peer needs would only delay it. But a peer that is
+            // runnable here (it says it is running, or we just rang it) usually answers within
+            // its time slice if we hand it the CPU, without either side sleeping on a doorbell.
+            // Not gated by the budget: yielding burns no CPU the peer could use, and a budget
+            // that decayed while the connection was idle would otherwise keep both sides
+            // ringing each other for every message once it is busy again.
+            return (peer.running || peer_waking)
+                && (0..SAME_CPU_YIELDS).any(|_| {
+                    sys::yield_cpu();
+                    ready()
+                });
+        }
         let mut budget = self.budget_ns.load(Ordering::Relaxed);
         if budget == 0 {
             // Spins lost in a row decayed the budget: only probe now and then. A short probe
@@ -789,18 +805,6 @@ impl Spinner {
             } else {
                 return false;
             };
-        }
-        let cpu = sys::current_cpu();
-        let peer = activity.peer();
-        if peer.cpu == cpu {
-            // Spinning on the CPU the peer needs would only delay it. But a peer we just rang is
-            // runnable here: handing it the CPU once usually gets the answer within its time
-            // slice, without either side sleeping on a doorbell.
-            return peer_waking
-                && (0..SAME_CPU_YIELDS).any(|_| {
-                    sys::yield_cpu();
-                    ready()
-                });
         }
         if !(peer.running || peer_waking) {
             return false;
@@ -835,12 +839,17 @@ mod tests {
     /// Our activity word, with the peer's saying it is asleep on a CPU that is not ours, and a
     /// spinner of budget `max` whose spinning has decayed (three lost spins in a row).
     fn decayed_spinner(max: Duration) -> (Activity, Spinner) {
+        decayed_spinner_with_peer(max, false, 0xfffe)
+    }
+
+    /// The same, with the peer's activity word saying `running` on `cpu`.
+    fn decayed_spinner_with_peer(max: Duration, running: bool, cpu: u32) -> (Activity, Spinner) {
         let len = crate::ring::layout::CONTROL_LEN;
         let memfd = sys::memfd_sealed(len).unwrap();
         let region = Region::new(Arc::new(
             sys::Mapping::map_sealed(memfd.as_fd(), len).unwrap(),
         ));
-        Activity::new(region.clone(), Role::Server).publish(false, 0xfffe);
+        Activity::new(region.clone(), Role::Server).publish(running, cpu);
         let spinner = Spinner::new(max);
         spinner.budget_ns.store(0, Ordering::Relaxed);
         (Activity::new(region, Role::Client), spinner)
@@ -858,6 +867,47 @@ mod tests {
         });
         assert!(won, "one of {WAKING_PROBE} waits spun long enough");
         assert_eq!(spinner.budget_ns.load(Ordering::Relaxed), spinner.max_ns);
+    }
+
+    #[test]
+    fn a_decayed_spinner_hands_its_cpu_to_a_running_peer_on_the_same_cpu() {
+        // A connection that was idle (its budget decayed) and is busy again, both sides on one
+        // CPU, the peer running and not rung lately: handing it the CPU gets the answer, where
+        // sleeping would cost a doorbell per message from then on.
+        std::thread::spawn(|| {
+            let cpu = sys::pin_to_current_cpu();
+            let (ours, spinner) = decayed_spinner_with_peer(Duration::from_micros(50), true, cpu);
+            spinner.note_peer_rung();
+            std::thread::sleep(Duration::from_millis(1));
+            let mut polls = 0;
+            let answered = spinner.spin_until(&ours, || {
+                polls += 1;
+                polls >= 2
+            });
+            assert!(answered, "yielded to the peer until it answered");
+            assert_eq!(polls, 2);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_spinner_does_not_yield_to_a_sleeping_peer_on_the_same_cpu() {
+        std::thread::spawn(|| {
+            let cpu = sys::pin_to_current_cpu();
+            let (ours, spinner) = decayed_spinner_with_peer(Duration::from_micros(50), false, cpu);
+            spinner.budget_ns.store(spinner.max_ns, Ordering::Relaxed);
+            spinner.note_peer_rung();
+            std::thread::sleep(Duration::from_millis(1));
+            let mut polls = 0;
+            assert!(!spinner.spin_until(&ours, || {
+                polls += 1;
+                false
+            }));
+            assert_eq!(polls, 0, "went to sleep without looking at the ring");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
