@@ -1,16 +1,27 @@
-//! One async function per figure. Each measures one transport against an already running
-//! server child and returns what it measured; the runner in `main.rs` stores it.
+//! One async function per figure group. Each measures the run's transports against their own
+//! already running server children and returns what it measured, one [`Out`] per transport;
+//! the runner in `main.rs` stores them.
 //!
 //! Every function measures every transport the same way: the same stream type (`Conn`), the
 //! same buffers, the same loop. Only the `connect` call differs.
+//!
+//! Given several transports, they take turns: a figure's timed work is cut into blocks
+//! (ping-pong: 10 per message size; bulk: 16 per write size; 1,000 connections: 10 windows;
+//! setup: one connection), and each transport runs one block in turn, the order rotating from
+//! block to block, so every transport is measured across the same stretch of time. The host's
+//! speed moves by tens of percent from one second to the next (see benches/README.md); measured
+//! one after the other, two transports that cost the same differ by as much, measured in turns
+//! they differ by a few percent. The runner uses turns for the TCP comparison pass (and for the
+//! main pass with `--turns`).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::ceiling::Ceiling;
 use crate::measure::{last_cpu, Usage, Who};
 use crate::net::{connect, Conn, Kind};
 use crate::Opts;
@@ -24,9 +35,6 @@ pub(crate) struct Out {
     pub(crate) samples: Vec<(String, Vec<f64>)>,
     /// Anything the reader should know (a ring kind that did not get the ring, say).
     pub(crate) notes: Vec<String>,
-    /// Bulk: the CPUs the client and the server child last ran on, right after the timed
-    /// transfer (where the copy ceiling is then measured).
-    pub(crate) placement: Option<(usize, usize)>,
 }
 
 impl Out {
@@ -46,23 +54,115 @@ impl Out {
 
     /// Records xway's own counters per message, if the library exposes any (see
     /// [`xway_census`]).
-    fn census(
-        &mut self,
-        prefix: &str,
-        before: Option<Vec<(&'static str, u64)>>,
-        after: Option<Vec<(&'static str, u64)>>,
-        messages: u64,
-    ) {
-        let (Some(before), Some(after)) = (before, after) else {
-            return;
-        };
-        for ((name, a), (_, b)) in before.iter().zip(&after) {
+    fn census(&mut self, prefix: &str, tally: &Tally, messages: u64) {
+        for (name, n) in tally.census.iter().flatten() {
             self.val(
                 format!("{prefix}.census.{name}"),
-                b.saturating_sub(*a) as f64 / messages.max(1) as f64,
+                *n as f64 / messages.max(1) as f64,
             );
         }
     }
+
+    /// Context switches and CPU time of both processes over the timed blocks, per `unit`
+    /// (`{prefix}.cs`, and with `cpu`, `{prefix}.cpu_us`).
+    fn usage_per(&mut self, prefix: &str, tally: &Tally, units: u64, cpu: bool) {
+        let Some(usage) = tally.usage else { return };
+        if let Some(cs) = usage.ctxsw_total() {
+            self.val(format!("{prefix}.cs"), cs / units.max(1) as f64);
+        }
+        if let (true, Some((me, other))) = (cpu, usage.cpu_secs()) {
+            self.val(
+                format!("{prefix}.cpu_us"),
+                (me + other) * 1e6 / units.max(1) as f64,
+            );
+        }
+    }
+}
+
+/// A server child to measure against.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) kind: Kind,
+    pub(crate) addr: String,
+    pub(crate) pid: u32,
+}
+
+/// The order in which the transports take their turn in block `block`: rotated by one from
+/// block to block, so that no transport always follows the same one.
+fn turns(n: usize, block: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (i + block) % n)
+}
+
+/// Block `block`'s share of `total` split into `blocks` nearly equal parts.
+fn share(total: usize, blocks: usize, block: usize) -> usize {
+    total / blocks + usize::from(block < total % blocks)
+}
+
+/// Names the transport in an error.
+fn failed(kind: Kind) -> impl Fn(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", kind.name()))
+}
+
+/// Xway's counters as `(name, count)` pairs.
+type Census = Vec<(&'static str, u64)>;
+
+/// The state of one transport at the start of one timed block.
+struct Mark {
+    usage: Usage,
+    census: Option<Census>,
+    started: Instant,
+}
+
+impl Mark {
+    /// Takes the counters first and the time last, so reading them is not timed.
+    fn now(conn: Option<&Conn>, pid: u32) -> Mark {
+        Mark {
+            usage: Usage::now(pid),
+            census: conn.and_then(xway_census),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// One transport's timed blocks, added up.
+#[derive(Debug, Default)]
+struct Tally {
+    secs: f64,
+    usage: Option<Usage>,
+    census: Option<Census>,
+}
+
+impl Tally {
+    /// Adds the block that started at `mark` and ends now (the time is read first).
+    fn add(&mut self, mark: Mark, conn: Option<&Conn>, pid: u32) {
+        self.secs += mark.started.elapsed().as_secs_f64();
+        let usage = mark.usage.delta(&Usage::now(pid));
+        self.usage = Some(self.usage.map_or(usage, |u| u.plus(&usage)));
+        if let (Some(before), Some(after)) = (mark.census, conn.and_then(xway_census)) {
+            let sum = self
+                .census
+                .get_or_insert_with(|| before.iter().map(|&(name, _)| (name, 0)).collect());
+            for ((_, total), ((_, a), (_, b))) in sum.iter_mut().zip(before.iter().zip(&after)) {
+                *total += b.saturating_sub(*a);
+            }
+        }
+    }
+}
+
+/// Connects once to every target and sends the server its mode byte.
+async fn open(ts: &[Target], what: &str, mode: &[u8]) -> io::Result<(Vec<Out>, Vec<Conn>)> {
+    let (mut outs, mut conns) = (Vec::new(), Vec::new());
+    for t in ts {
+        let mut out = Out::default();
+        let mut c = connect(t.kind, &t.addr, None)
+            .await
+            .map_err(failed(t.kind))?;
+        out.expect_ring(t.kind, &c, what);
+        c.write_all(mode).await.map_err(failed(t.kind))?;
+        outs.push(out);
+        conns.push(c);
+    }
+    Ok((outs, conns))
 }
 
 /// Census: xway's per-connection counters (this end: the measuring process), as
@@ -86,25 +186,21 @@ async fn round_trips(c: &mut Conn, msg: &[u8], back: &mut [u8], n: usize) -> io:
     Ok(())
 }
 
-/// Ping-pong round trips of `size` bytes on an echo connection: `warm` untimed, then `n`
-/// timed one by one. Returns the samples in µs.
+/// `n` ping-pong round trips, each timed on its own; the samples (µs) go to `samples`.
 async fn timed_round_trips(
     c: &mut Conn,
-    size: usize,
-    warm: usize,
+    msg: &[u8],
+    back: &mut [u8],
     n: usize,
-) -> io::Result<Vec<f64>> {
-    let msg = vec![0x5a_u8; size];
-    let mut back = vec![0u8; size];
-    round_trips(c, &msg, &mut back, warm).await?;
-    let mut samples = Vec::with_capacity(n);
+    samples: &mut Vec<f64>,
+) -> io::Result<()> {
     for _ in 0..n {
         let t = Instant::now();
-        c.write_all(&msg).await?;
-        c.read_exact(&mut back).await?;
+        c.write_all(msg).await?;
+        c.read_exact(back).await?;
         samples.push(t.elapsed().as_nanos() as f64 / 1e3);
     }
-    Ok(samples)
+    Ok(())
 }
 
 fn latency(out: &mut Out, id: &str, mut samples: Vec<f64>) {
@@ -120,49 +216,58 @@ fn latency(out: &mut Out, id: &str, mut samples: Vec<f64>) {
     out.samples.push((id.to_owned(), samples));
 }
 
-/// Ping-pong, 1 B, 64 B and 4 KiB on one connection: p50 and p99 after warm-up, and for
-/// 64 B the context switches and CPU per round trip (both processes).
-pub(crate) async fn pingpong(kind: Kind, addr: &str, child: u32, o: &Opts) -> io::Result<Out> {
-    let mut out = Out::default();
-    let mut c = connect(kind, addr, None).await?;
-    out.expect_ring(kind, &c, "ping-pong");
-    c.write_all(b"E").await?;
-    for (id, size) in [("pp1", 1), ("pp64", 64), ("pp4k", 4096)] {
-        let (usage, census) = (Usage::now(child), xway_census(&c));
-        let samples = timed_round_trips(&mut c, size, o.pp_warm, o.pp_n).await?;
-        let usage = usage.delta(&Usage::now(child));
-        out.census(id, census, xway_census(&c), o.pp_n as u64);
-        if let Some(cs) = usage.ctxsw_total() {
-            out.val(format!("{id}.cs"), cs / o.pp_n as f64);
+/// Blocks of timed round trips per message size.
+const PINGPONG_BLOCKS: usize = 10;
+
+/// Ping-pong on one echo connection per transport, for each `(id, size)`: `o.pp_warm` untimed
+/// round trips, then `o.pp_n` timed one by one in [`PINGPONG_BLOCKS`] turns; p50 and p99,
+/// context switches and CPU per round trip (both processes).
+async fn pingpong_sizes(
+    ts: &[Target],
+    o: &Opts,
+    what: &str,
+    sizes: &[(&str, usize)],
+) -> io::Result<Vec<Out>> {
+    let (mut outs, mut conns) = open(ts, what, b"E").await?;
+    for &(id, size) in sizes {
+        let msg = vec![0x5a_u8; size];
+        let mut back = vec![0u8; size];
+        for (t, c) in ts.iter().zip(&mut conns) {
+            round_trips(c, &msg, &mut back, o.pp_warm)
+                .await
+                .map_err(failed(t.kind))?;
         }
-        if let Some((me, other)) = usage.cpu_secs() {
-            out.val(format!("{id}.cpu_us"), (me + other) * 1e6 / o.pp_n as f64);
+        let mut tallies: Vec<Tally> = ts.iter().map(|_| Tally::default()).collect();
+        let mut samples = vec![Vec::with_capacity(o.pp_n); ts.len()];
+        for block in 0..PINGPONG_BLOCKS {
+            let n = share(o.pp_n, PINGPONG_BLOCKS, block);
+            for i in turns(ts.len(), block) {
+                let (t, c) = (&ts[i], &mut conns[i]);
+                let mark = Mark::now(Some(c), t.pid);
+                timed_round_trips(c, &msg, &mut back, n, &mut samples[i])
+                    .await
+                    .map_err(failed(t.kind))?;
+                tallies[i].add(mark, Some(c), t.pid);
+            }
         }
-        latency(&mut out, id, samples);
+        for ((out, tally), samples) in outs.iter_mut().zip(&tallies).zip(samples) {
+            out.census(id, tally, o.pp_n as u64);
+            out.usage_per(id, tally, o.pp_n as u64, true);
+            latency(out, id, samples);
+        }
     }
-    Ok(out)
+    Ok(outs)
 }
 
-/// Ping-pong, 64 B, with both processes pinned to one CPU by the runner.
-pub(crate) async fn pingpong_pinned(
-    kind: Kind,
-    addr: &str,
-    child: u32,
-    o: &Opts,
-) -> io::Result<Out> {
-    let mut out = Out::default();
-    let mut c = connect(kind, addr, None).await?;
-    out.expect_ring(kind, &c, "ping-pong (pinned)");
-    c.write_all(b"E").await?;
-    let (usage, census) = (Usage::now(child), xway_census(&c));
-    let samples = timed_round_trips(&mut c, 64, o.pp_warm, o.pp_n).await?;
-    let usage = usage.delta(&Usage::now(child));
-    out.census("pp64same", census, xway_census(&c), o.pp_n as u64);
-    if let Some(cs) = usage.ctxsw_total() {
-        out.val("pp64same.cs", cs / o.pp_n as f64);
-    }
-    latency(&mut out, "pp64same", samples);
-    Ok(out)
+/// Ping-pong, 1 B, 64 B and 4 KiB (see [`pingpong_sizes`]).
+pub(crate) async fn pingpong(ts: &[Target], o: &Opts) -> io::Result<Vec<Out>> {
+    let sizes = [("pp1", 1), ("pp64", 64), ("pp4k", 4096)];
+    pingpong_sizes(ts, o, "ping-pong", &sizes).await
+}
+
+/// Ping-pong, 64 B, with every process pinned to one CPU by the runner.
+pub(crate) async fn pingpong_pinned(ts: &[Target], o: &Opts) -> io::Result<Vec<Out>> {
+    pingpong_sizes(ts, o, "ping-pong (pinned)", &[("pp64same", 64)]).await
 }
 
 async fn sink_transfer(c: &mut Conn, chunk: &[u8], total: u64) -> io::Result<()> {
@@ -180,91 +285,177 @@ async fn sink_transfer(c: &mut Conn, chunk: &[u8], total: u64) -> io::Result<()>
     c.read_exact(&mut ack).await.map(drop)
 }
 
-/// One-way bulk throughput with `chunk`-byte writes into a sink that reads with a buffer of
-/// the same size and acknowledges the end with one byte: GB/s (10^9 B/s), CPU seconds per GB
-/// (both processes, and each), context switches per write.
+/// Blocks of a timed bulk transfer when transports take turns. Each block ends with an
+/// acknowledgement (a round trip, and for the ring the wake-up of a parked server: under 2% of
+/// a block at 30 GB/s); one transport alone sends its bytes in one block.
+const BULK_BLOCKS_IN_TURNS: u64 = 16;
+
+/// The shared-memory copy ceiling, run by the bulk figure right after each of the ring's 64 KiB
+/// blocks: `(where the client and the server ran, if known; warm-up bytes; timed bytes)`.
+pub(crate) type CeilingProbe<'a> = &'a dyn Fn(Option<(usize, usize)>, u64, u64) -> Option<Ceiling>;
+
+/// The copy ceiling's blocks, added up.
+#[derive(Debug, Default)]
+struct CeilingTally {
+    bytes: u64,
+    secs: f64,
+    stalled_secs: f64,
+    last: Option<Ceiling>,
+}
+
+impl CeilingTally {
+    fn add(&mut self, c: Ceiling, bytes: u64) {
+        let secs = bytes as f64 / 1e9 / c.gbps;
+        self.bytes += bytes;
+        self.secs += secs;
+        self.stalled_secs += c.stalled * secs;
+        self.last = Some(c);
+    }
+
+    /// The ceiling over all blocks, and the ring's 64 KiB figure as a share of it.
+    fn report(&self, out: &mut Out, ring_gbps: f64) {
+        let Some(last) = self.last else { return };
+        let gbps = self.bytes as f64 / 1e9 / self.secs;
+        let stalled = self.stalled_secs / self.secs;
+        eprintln!(
+            "xway-bench: copy ceiling {gbps:.1} GB/s (last writer on CPU {}, reader on CPU {}, {:.0}% stalled), ring / ceiling {:.2}",
+            last.cpus.0,
+            last.cpus.1,
+            stalled * 100.0,
+            ring_gbps / gbps
+        );
+        out.val("bulk64k.per_ceiling", ring_gbps / gbps);
+        out.val("bulk64k.ceiling", gbps);
+        out.val("bulk64k.ceiling_stalled", stalled);
+    }
+}
+
+/// One-way bulk throughput with 64 KiB and 1 MiB writes into a sink that reads with a buffer of
+/// the same size and acknowledges each transfer with one byte, on one connection per transport:
+/// `o.bulk_warm` untimed, then `o.bulk_total` (in [`BULK_BLOCKS_IN_TURNS`] turns if there are
+/// several transports). GB/s (10^9 B/s), CPU
+/// seconds per GB (both processes, and each), context switches per write; with `probe`, the
+/// copy ceiling after each of the ring's 64 KiB blocks.
 pub(crate) async fn bulk(
-    kind: Kind,
-    addr: &str,
-    child: u32,
-    id: &str,
-    chunk: usize,
+    ts: &[Target],
     o: &Opts,
-) -> io::Result<Out> {
-    let mut out = Out::default();
-    let mut c = connect(kind, addr, None).await?;
-    out.expect_ring(kind, &c, "bulk");
-    c.write_all(b"S").await?;
-    let data: Vec<u8> = (0..chunk).map(|i| (i % 251) as u8).collect();
-    sink_transfer(&mut c, &data, o.bulk_warm).await?;
-
-    let (usage, census) = (Usage::now(child), xway_census(&c));
-    let t = Instant::now();
-    sink_transfer(&mut c, &data, o.bulk_total).await?;
-    let secs = t.elapsed().as_secs_f64();
-    let usage = usage.delta(&Usage::now(child));
-    out.placement = Some((last_cpu(Who::Me), last_cpu(Who::Pid(child))))
-        .and_then(|(me, other)| Some((me?, other?)));
-    let writes = o.bulk_total.div_ceil(chunk as u64);
-    out.census(id, census, xway_census(&c), writes);
-
-    let gb = o.bulk_total as f64 / 1e9;
-    out.val(format!("{id}.gbps"), gb / secs);
-    if let Some((me, other)) = usage.cpu_secs() {
-        out.val(format!("{id}.cpu"), (me + other) / gb);
-        out.val(format!("{id}.cpu_client"), me / gb);
-        out.val(format!("{id}.cpu_server"), other / gb);
+    probe: Option<CeilingProbe<'_>>,
+) -> io::Result<Vec<Out>> {
+    let (mut outs, mut conns) = open(ts, "bulk", b"S").await?;
+    for (id, chunk) in [("bulk64k", 64 << 10), ("bulk1m", 1 << 20)] {
+        let data: Vec<u8> = (0..chunk).map(|i| (i % 251) as u8).collect();
+        for (t, c) in ts.iter().zip(&mut conns) {
+            sink_transfer(c, &data, o.bulk_warm)
+                .await
+                .map_err(failed(t.kind))?;
+        }
+        let mut tallies: Vec<Tally> = ts.iter().map(|_| Tally::default()).collect();
+        let mut ceiling = CeilingTally::default();
+        let blocks = if ts.len() == 1 {
+            1
+        } else {
+            BULK_BLOCKS_IN_TURNS
+        };
+        let block_bytes = o.bulk_total / blocks;
+        for block in 0..blocks as usize {
+            for i in turns(ts.len(), block) {
+                let (t, c) = (&ts[i], &mut conns[i]);
+                let mark = Mark::now(Some(c), t.pid);
+                sink_transfer(c, &data, block_bytes)
+                    .await
+                    .map_err(failed(t.kind))?;
+                tallies[i].add(mark, Some(c), t.pid);
+                if let (Some(probe), Kind::Ring, "bulk64k") = (probe, t.kind, id) {
+                    let ran = last_cpu(Who::Me).zip(last_cpu(Who::Pid(t.pid)));
+                    if let Some(c) = probe(ran, o.bulk_warm / blocks, block_bytes) {
+                        ceiling.add(c, block_bytes);
+                    }
+                }
+            }
+        }
+        let total = block_bytes * blocks;
+        let writes = total.div_ceil(chunk as u64);
+        let gb = total as f64 / 1e9;
+        for ((t, out), tally) in ts.iter().zip(&mut outs).zip(&tallies) {
+            out.census(id, tally, writes);
+            out.val(format!("{id}.gbps"), gb / tally.secs);
+            if let Some((me, other)) = tally.usage.and_then(|u| u.cpu_secs()) {
+                out.val(format!("{id}.cpu"), (me + other) / gb);
+                out.val(format!("{id}.cpu_client"), me / gb);
+                out.val(format!("{id}.cpu_server"), other / gb);
+            }
+            out.usage_per(id, tally, writes, false);
+            if t.kind == Kind::Ring && id == "bulk64k" {
+                ceiling.report(out, gb / tally.secs);
+            }
+        }
     }
-    if let Some(cs) = usage.ctxsw_total() {
-        out.val(format!("{id}.cs"), cs / writes as f64);
+    for (t, c) in ts.iter().zip(&mut conns) {
+        // Total 0: the sink is done.
+        c.write_all(&[0u8; 16]).await.map_err(failed(t.kind))?;
     }
-    c.write_all(&[0u8; 16]).await?; // total 0: the sink is done
-    Ok(out)
+    Ok(outs)
 }
 
 /// Connection setup: connect (with `TCP_NODELAY` where applicable) + one byte there and back,
-/// `warm` untimed then `n` timed, one connection at a time. Teardown is not timed.
-pub(crate) async fn setup(kind: Kind, addr: &str, o: &Opts) -> io::Result<Out> {
-    let mut out = Out::default();
-    let mut samples = Vec::with_capacity(o.setup_n);
-    let mut on_ring = 0;
-    for i in 0..o.setup_warm + o.setup_n {
-        let t = Instant::now();
-        let mut c = connect(kind, addr, None).await?;
-        c.write_all(b"A").await?;
-        let mut b = [0u8; 1];
-        c.read_exact(&mut b).await?;
-        let us = t.elapsed().as_nanos() as f64 / 1e3;
-        if i >= o.setup_warm {
-            samples.push(us);
-            on_ring += usize::from(c.is_ring());
-        }
-        if i == 0 {
-            out.expect_ring(kind, &c, "setup");
+/// `o.setup_warm` untimed then `o.setup_n` timed per transport, one connection at a time, the
+/// transports taking turns connection by connection. Teardown is not timed.
+pub(crate) async fn setup(ts: &[Target], o: &Opts) -> io::Result<Vec<Out>> {
+    let mut outs: Vec<Out> = ts.iter().map(|_| Out::default()).collect();
+    let mut samples = vec![Vec::with_capacity(o.setup_n); ts.len()];
+    let mut on_ring = vec![0; ts.len()];
+    for round in 0..o.setup_warm + o.setup_n {
+        for i in turns(ts.len(), round) {
+            let t = &ts[i];
+            let started = Instant::now();
+            let c = async {
+                let mut c = connect(t.kind, &t.addr, None).await?;
+                c.write_all(b"A").await?;
+                c.read_exact(&mut [0u8; 1]).await?;
+                io::Result::Ok(c)
+            };
+            let c = c.await.map_err(failed(t.kind))?;
+            let us = started.elapsed().as_nanos() as f64 / 1e3;
+            if round >= o.setup_warm {
+                samples[i].push(us);
+                on_ring[i] += usize::from(c.is_ring());
+            }
+            if round == 0 {
+                outs[i].expect_ring(t.kind, &c, "setup");
+            }
         }
     }
-    samples.sort_by(f64::total_cmp);
-    out.val("setup.p50", crate::measure::quantile(&samples, 0.50));
-    out.val("setup.p99", crate::measure::quantile(&samples, 0.99));
-    out.val("setup.ring", on_ring as f64 / o.setup_n as f64);
-    Ok(out)
+    for ((out, mut samples), on_ring) in outs.iter_mut().zip(samples).zip(on_ring) {
+        samples.sort_by(f64::total_cmp);
+        out.val("setup.p50", crate::measure::quantile(&samples, 0.50));
+        out.val("setup.p99", crate::measure::quantile(&samples, 0.99));
+        out.val("setup.ring", on_ring as f64 / o.setup_n as f64);
+    }
+    Ok(outs)
 }
 
-/// `o.conc_conns` connections (set up `CONNECT_BATCH` at a time, each with a first round trip,
-/// and with a generous rendezvous deadline), each one task doing 64 B ping-pong as fast as it can; after `o.conc_warm`, the
-/// aggregate round trips per second over `o.conc_dur`.
-pub(crate) async fn concurrent(kind: Kind, addr: &str, child: u32, o: &Opts) -> io::Result<Out> {
+/// Timed windows per transport in the 1,000-connection figure when transports take turns (one
+/// transport alone has one).
+const CONC_WINDOWS_IN_TURNS: usize = 10;
+/// Untimed time at the start of each window after the first: the connections of the previous
+/// window finish their last round trip, and the new ones get going.
+const CONC_SETTLE: Duration = Duration::from_millis(50);
+/// "No transport's turn" and "stop", for the 1,000-connection tasks.
+const NOBODY: usize = usize::MAX;
+const STOP: usize = usize::MAX - 1;
+
+/// Opens `o.conc_conns` connections to one target, `CONNECT_BATCH` at a time, each with a
+/// first round trip, and with a generous rendezvous deadline.
+async fn open_many(t: &Target, o: &Opts, out: &mut Out) -> io::Result<Vec<Conn>> {
     const CONNECT_BATCH: usize = 50;
     const RENDEZVOUS: Duration = Duration::from_secs(10);
-    let mut out = Out::default();
-
-    let t = Instant::now();
+    let started = Instant::now();
     let mut conns = Vec::with_capacity(o.conc_conns);
     let mut slowest = Duration::ZERO;
     while conns.len() < o.conc_conns {
         let mut batch = tokio::task::JoinSet::new();
         for _ in 0..CONNECT_BATCH.min(o.conc_conns - conns.len()) {
-            let addr = addr.to_owned();
+            let (kind, addr) = (t.kind, t.addr.clone());
             batch.spawn(async move {
                 let t = Instant::now();
                 let mut c = connect(kind, &addr, Some(RENDEZVOUS)).await?;
@@ -281,60 +472,111 @@ pub(crate) async fn concurrent(kind: Kind, addr: &str, child: u32, o: &Opts) -> 
             conns.push(c);
         }
     }
-    out.val("conc.connect_s", t.elapsed().as_secs_f64());
+    out.val("conc.connect_s", started.elapsed().as_secs_f64());
     out.val("conc.connect_max_ms", slowest.as_secs_f64() * 1e3);
     out.val(
         "conc.ring",
         conns.iter().filter(|c| c.is_ring()).count() as f64,
     );
+    Ok(conns)
+}
 
-    let count = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut c in conns {
-        let (count, stop) = (count.clone(), stop.clone());
-        tasks.spawn(async move {
-            let (msg, mut back) = ([0x5a_u8; 64], [0u8; 64]);
-            while !stop.load(Ordering::Relaxed) {
-                c.write_all(&msg).await?;
-                c.read_exact(&mut back).await?;
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            io::Result::Ok(())
-        });
+/// `o.conc_conns` connections per transport, each one task doing 64 B ping-pong as fast as it
+/// can while its transport has the turn: the transports take [`CONC_WINDOWS_IN_TURNS`] turns
+/// each (one transport alone, one), the first after `o.conc_warm`, the others after
+/// [`CONC_SETTLE`], and their aggregate round trips per second over `o.conc_dur` in all are
+/// counted.
+pub(crate) async fn concurrent(ts: &[Target], o: &Opts) -> io::Result<Vec<Out>> {
+    let mut outs: Vec<Out> = ts.iter().map(|_| Out::default()).collect();
+    let mut all = Vec::new();
+    for (t, out) in ts.iter().zip(&mut outs) {
+        all.push(open_many(t, o, out).await.map_err(failed(t.kind))?);
     }
-    tokio::time::sleep(o.conc_warm).await;
-    let (n0, t0, usage) = (
-        count.load(Ordering::Relaxed),
-        Instant::now(),
-        Usage::now(child),
-    );
-    tokio::time::sleep(o.conc_dur).await;
-    let (n1, secs) = (count.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
-    let usage = usage.delta(&Usage::now(child));
-    stop.store(true, Ordering::Relaxed);
+
+    let turn = Arc::new(AtomicUsize::new(NOBODY));
+    let (tell, told) = tokio::sync::watch::channel(NOBODY);
+    let counts: Arc<Vec<AtomicU64>> = Arc::new(ts.iter().map(|_| AtomicU64::new(0)).collect());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (me, conns) in all.into_iter().enumerate() {
+        for mut c in conns {
+            let (turn, mut told, counts) = (turn.clone(), told.clone(), counts.clone());
+            tasks.spawn(async move {
+                let (msg, mut back) = ([0x5a_u8; 64], [0u8; 64]);
+                loop {
+                    // The atomic is the fast check; the channel is where a task waits.
+                    match turn.load(Ordering::Relaxed) {
+                        STOP => return io::Result::Ok(()),
+                        now if now != me => {
+                            let now = *told.borrow_and_update();
+                            if now == STOP {
+                                return Ok(());
+                            }
+                            if now != me && told.changed().await.is_err() {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    c.write_all(&msg).await?;
+                    c.read_exact(&mut back).await?;
+                    counts[me].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    }
+    let give_turn = |to: usize| {
+        turn.store(to, Ordering::Relaxed);
+        tell.send_replace(to);
+    };
+
+    let mut tallies: Vec<Tally> = ts.iter().map(|_| Tally::default()).collect();
+    let mut trips = vec![0u64; ts.len()];
+    let windows = if ts.len() == 1 {
+        1
+    } else {
+        CONC_WINDOWS_IN_TURNS
+    };
+    for window in 0..windows {
+        for i in turns(ts.len(), window) {
+            give_turn(i);
+            tokio::time::sleep(if window == 0 {
+                o.conc_warm
+            } else {
+                CONC_SETTLE
+            })
+            .await;
+            let (n0, mark) = (
+                counts[i].load(Ordering::Relaxed),
+                Mark::now(None, ts[i].pid),
+            );
+            tokio::time::sleep(o.conc_dur / windows as u32).await;
+            let n1 = counts[i].load(Ordering::Relaxed);
+            tallies[i].add(mark, None, ts[i].pid);
+            trips[i] += n1 - n0;
+        }
+    }
+    give_turn(STOP);
     while let Some(r) = tasks.join_next().await {
         r.map_err(io::Error::other)??;
     }
-    out.val("conc.rate", (n1 - n0) as f64 / secs);
-    if let Some(cs) = usage.ctxsw_total() {
-        out.val("conc.cs", cs / (n1 - n0).max(1) as f64);
+    for ((out, tally), trips) in outs.iter_mut().zip(&tallies).zip(trips) {
+        out.val("conc.rate", trips as f64 / tally.secs);
+        out.usage_per("conc", tally, trips, false);
     }
-    Ok(out)
+    Ok(outs)
 }
 
 /// An idle ring connection: after a few round trips, both processes' CPU time over
 /// `o.idle` of doing nothing (should be ~0: nobody may poll an idle ring).
-pub(crate) async fn idle(kind: Kind, addr: &str, child: u32, o: &Opts) -> io::Result<Out> {
-    let mut out = Out::default();
-    let mut c = connect(kind, addr, None).await?;
-    out.expect_ring(kind, &c, "idle");
-    c.write_all(b"E").await?;
+pub(crate) async fn idle(t: &Target, o: &Opts) -> io::Result<Out> {
+    let (mut outs, mut conns) = open(std::slice::from_ref(t), "idle", b"E").await?;
+    let (mut out, mut c) = (outs.remove(0), conns.remove(0));
     round_trips(&mut c, &[1; 64], &mut [0; 64], 100).await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let usage = Usage::now(child);
+    let usage = Usage::now(t.pid);
     tokio::time::sleep(o.idle).await;
-    let usage = usage.delta(&Usage::now(child));
+    let usage = usage.delta(&Usage::now(t.pid));
     if let Some((me, other)) = usage.cpu_secs() {
         out.val("idle.cpu_ms", (me + other) * 1e3);
         out.val("idle.cpu_client_ms", me * 1e3);

@@ -18,6 +18,9 @@
 //! | `XWAY_BENCH_REPS=N` | `--reps N` | repetitions (default 3, quick 1) |
 //! | `XWAY_BENCH_PIN=none\|same\|apart` | `--pin P` | placement of both processes for all figures (default `none`): `same` pins both to the first allowed CPU, `apart` the client to the first and the server to the second |
 //! | `XWAY_BENCH_ONLY=a,b` | `--only a,b` | figure groups: `pp`, `pp-same`, `bulk`, `setup`, `conc`, `idle` |
+//! | `XWAY_BENCH_KINDS=a,b` | `--kinds a,b` | transports: `ring`, `xway-tcp`, `tcp`, `unix` (default: all; ratios need both sides) |
+//! | `XWAY_BENCH_TURNS=1` | `--turns` | the main pass measures the transports in turns, block by block (see below) |
+//! | `XWAY_BENCH_TCP_PAIR=0` | `--no-tcp-pair` | skip the TCP pair pass (see below) |
 //! | `XWAY_BENCH_RING_SIZE=N` | | ring bytes per direction for the xway clients (default: the library's default); for experiments, the targets assume the default |
 //!
 //! `cargo bench` passes `--bench` to the binary; without it (`cargo test --all-targets`) the
@@ -34,9 +37,20 @@
 //!   it starts itself again as the server child (`current_exe --xway-bench-child KIND CPU`),
 //!   which echoes (ping-pong), sinks with a 1-byte acknowledgement (bulk) or answers the first
 //!   byte (setup); see `net.rs`.
-//! - Each repetition measures every transport for every figure, rotating the transport order
-//!   from one repetition to the next. The table shows medians over repetitions; ratios are
-//!   computed inside each repetition and then their median is taken (the host is noisy).
+//! - Each repetition has two passes. The main pass measures every transport for every figure,
+//!   one transport after the other, placed as `--pin` says, rotating the transport order from
+//!   one repetition to the next. The table shows medians over repetitions; ratios are computed
+//!   inside each repetition and then their median is taken (the host is noisy).
+//! - The TCP pair pass measures xway forced to TCP against tokio TCP again, the two taking
+//!   turns block by block (`figures.rs`), the client pinned to the first CPU and both servers
+//!   to the second. One after the other and unpinned, the two differ by more than the 5% the
+//!   target allows from the host's drift and from where the scheduler puts the processes
+//!   alone: one TCP pair on one CPU does a 64 B round trip in 17 µs, across CPUs in 57 µs.
+//!   In turns and pinned, tokio TCP against itself (a throwaway build) gave medians over five
+//!   repetitions within 3.5% on every figure. The xway-tcp/tcp target is judged on this pass.
+//! - `--turns` measures the main pass in turns as well. Then the scheduler tends to leave each
+//!   client and server pair on one CPU after the pauses between its blocks, so unpinned
+//!   figures become one-CPU figures; that is why the main pass does not use turns.
 //! - Ping-pong: `write_all` + `read_exact`, each round trip timed with `Instant`, after a
 //!   warm-up. Bulk: time from the first write to the acknowledgement, after a warm-up
 //!   transfer on the same connection; CPU time of both processes from their CPU-time clocks
@@ -68,7 +82,8 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use figures::Out;
+use ceiling::Ceiling;
+use figures::{Out, Target};
 use net::{Kind, Server, KINDS};
 
 /// Placement of both processes.
@@ -99,6 +114,13 @@ pub(crate) struct Opts {
     pub(crate) reps: usize,
     pub(crate) pin: Pin,
     pub(crate) groups: Vec<&'static str>,
+    /// The transports measured (all four unless `--kinds` says otherwise).
+    pub(crate) kinds: Vec<Kind>,
+    /// The main pass measures its transports in turns (`--turns`) rather than one after the
+    /// other.
+    pub(crate) turns: bool,
+    /// Each repetition ends with the TCP comparison pass (`--no-tcp-pair` turns it off).
+    pub(crate) tcp_pair: bool,
     pub(crate) pp_warm: usize,
     pub(crate) pp_n: usize,
     pub(crate) bulk_warm: u64,
@@ -120,6 +142,9 @@ impl Opts {
         let mut reps = env("XWAY_BENCH_REPS");
         let mut pin = env("XWAY_BENCH_PIN");
         let mut only = env("XWAY_BENCH_ONLY");
+        let mut kinds = env("XWAY_BENCH_KINDS");
+        let mut turns = env("XWAY_BENCH_TURNS").is_some_and(|v| v != "0");
+        let mut tcp_pair = env("XWAY_BENCH_TCP_PAIR").is_none_or(|v| v != "0");
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -127,6 +152,9 @@ impl Opts {
                 "--reps" => reps = args.next(),
                 "--pin" => pin = args.next(),
                 "--only" => only = args.next(),
+                "--kinds" => kinds = args.next(),
+                "--turns" => turns = true,
+                "--no-tcp-pair" => tcp_pair = false,
                 _ => {}
             }
         }
@@ -151,6 +179,19 @@ impl Opts {
                 g
             }
         };
+        let kinds = match kinds {
+            None => KINDS.to_vec(),
+            Some(list) => {
+                let mut k = Vec::new();
+                for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    k.push(*KINDS.iter().find(|x| x.name() == name).ok_or(format!(
+                        "--kinds {name}: expected some of ring, xway-tcp, tcp, unix"
+                    ))?);
+                }
+                k
+            }
+        };
+        let tcp_pair = tcp_pair && kinds.contains(&Kind::XwayTcp) && kinds.contains(&Kind::Tcp);
         let reps = match reps {
             Some(r) => r.parse().map_err(|_| format!("--reps {r}: not a number"))?,
             None if quick => 1,
@@ -163,6 +204,9 @@ impl Opts {
                 reps,
                 pin,
                 groups,
+                kinds: kinds.clone(),
+                turns,
+                tcp_pair,
                 pp_warm: 200,
                 pp_n: 2_000,
                 bulk_warm: 16 << 20,
@@ -180,6 +224,9 @@ impl Opts {
                 reps,
                 pin,
                 groups,
+                kinds,
+                turns,
+                tcp_pair,
                 pp_warm: 1_000,
                 pp_n: 10_000,
                 bulk_warm: 64 << 20,
@@ -199,28 +246,53 @@ impl Opts {
 #[derive(Debug, Default)]
 pub(crate) struct Results {
     pub(crate) values: BTreeMap<String, Vec<[Option<f64>; 4]>>,
+    /// The same, from the TCP comparison pass (xway-tcp and tcp only).
+    pub(crate) tcp_pair: BTreeMap<String, Vec<[Option<f64>; 4]>>,
     /// Latency samples (µs) per figure id and transport, all repetitions pooled.
     pub(crate) samples: BTreeMap<(String, Kind), Vec<f64>>,
     pub(crate) notes: Vec<String>,
 }
 
 impl Results {
-    fn store(&mut self, reps: usize, rep: usize, kind: Kind, out: Out) {
+    fn store(&mut self, reps: usize, rep: usize, kind: Kind, out: Out, pass: Pass) {
+        let values = match pass {
+            Pass::Main => &mut self.values,
+            Pass::TcpPair => &mut self.tcp_pair,
+        };
         for (id, v) in out.vals {
-            let per_rep = self
-                .values
-                .entry(id)
-                .or_insert_with(|| vec![[None; 4]; reps]);
+            let per_rep = values.entry(id).or_insert_with(|| vec![[None; 4]; reps]);
             per_rep[rep][kind.index()] = Some(v);
         }
-        for (id, s) in out.samples {
-            self.samples.entry((id, kind)).or_default().extend(s);
+        if pass == Pass::Main {
+            for (id, s) in out.samples {
+                self.samples.entry((id, kind)).or_default().extend(s);
+            }
         }
         self.notes.extend(
             out.notes
                 .into_iter()
-                .map(|n| format!("rep {}: {n}", rep + 1)),
+                .map(|n| format!("rep {}{}: {n}", rep + 1, pass.suffix())),
         );
+    }
+}
+
+/// The two passes of a repetition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Every transport, placed as `--pin` says, one after the other (or in turns, `--turns`).
+    Main,
+    /// xway forced to TCP against tokio TCP, in turns, the client on the first CPU and both
+    /// servers on the second: with placement and the host's drift the same for both, what is
+    /// left of their difference is xway's.
+    TcpPair,
+}
+
+impl Pass {
+    fn suffix(self) -> &'static str {
+        match self {
+            Pass::Main => "",
+            Pass::TcpPair => " (TCP pair)",
+        }
     }
 }
 
@@ -234,91 +306,129 @@ struct Runner {
 
 impl Runner {
     /// The CPU for the child under the run's placement (`None`: inherit, unpinned).
-    fn child_cpu(&self, group: &str) -> Option<usize> {
+    fn child_cpu(&self, group: &str, pass: Pass) -> Option<usize> {
         let second = *self.cpus.get(1).unwrap_or(&self.cpus[0]);
-        match (group, self.opts.pin) {
+        match (group, self.placement(pass)) {
             ("pp-same", _) | (_, Pin::Same) => Some(self.cpus[0]),
             (_, Pin::Apart) => Some(second),
             (_, Pin::None) => None,
         }
     }
 
-    fn run_one(&mut self, group: &'static str, rep: usize, kind: Kind) -> io::Result<()> {
+    fn placement(&self, pass: Pass) -> Pin {
+        match pass {
+            Pass::Main => self.opts.pin,
+            Pass::TcpPair => Pin::Apart,
+        }
+    }
+
+    /// Measures one figure group for `kinds`, each against its own server child, the
+    /// transports taking turns if there are several (see `figures.rs`), and stores the results.
+    fn run_group(&mut self, group: &'static str, rep: usize, kinds: &[Kind], pass: Pass) {
         let o = self.opts.clone();
+        let t = Instant::now();
         let saved = measure::get_affinity();
-        if group == "pp-same" {
+        if group == "pp-same" || self.placement(pass) != Pin::None {
             measure::pin_to(self.cpus[0]);
         }
-        let server = Server::spawn(kind, self.child_cpu(group))?;
-        let (addr, pid) = (server.addr.as_str(), server.pid());
-        let out = self.rt.block_on(async {
-            match group {
-                "pp" => figures::pingpong(kind, addr, pid, &o).await,
-                "pp-same" => figures::pingpong_pinned(kind, addr, pid, &o).await,
-                "bulk" => {
-                    let mut a = figures::bulk(kind, addr, pid, "bulk64k", 64 << 10, &o).await?;
-                    if kind == Kind::Ring {
-                        self.copy_ceiling(&mut a);
-                    }
-                    let b = figures::bulk(kind, addr, pid, "bulk1m", 1 << 20, &o).await?;
-                    a.vals.extend(b.vals);
-                    a.notes.extend(b.notes);
-                    Ok(a)
-                }
-                "setup" => figures::setup(kind, addr, &o).await,
-                "conc" => figures::concurrent(kind, addr, pid, &o).await,
-                "idle" => figures::idle(kind, addr, pid, &o).await,
-                _ => unreachable!("unknown group {group}"),
-            }
-        });
-        drop(server);
-        let out = out?;
+        let outs = self.measure_group(group, kinds, pass, &o);
         if let Some(set) = saved {
             measure::set_affinity(&set);
         }
-        self.res.store(self.opts.reps, rep, kind, out);
-        Ok(())
+        let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        let names = names.join(if kinds.len() > 1 { "+" } else { "" });
+        match outs {
+            Ok(outs) => {
+                for (&kind, out) in kinds.iter().zip(outs) {
+                    self.res.store(o.reps, rep, kind, out, pass);
+                }
+            }
+            Err(e) => {
+                let msg = format!(
+                    "rep {}{}: {group} {names}: error: {e}",
+                    rep + 1,
+                    pass.suffix()
+                );
+                eprintln!("xway-bench: {msg}");
+                self.res.notes.push(msg);
+            }
+        }
+        eprintln!(
+            "xway-bench: rep {}/{}{} {group:<7} {names:<21} {:>6.2} s",
+            rep + 1,
+            o.reps,
+            pass.suffix(),
+            t.elapsed().as_secs_f64()
+        );
     }
 
-    /// The shared-memory copy ceiling (see `ceiling.rs`), right after the ring's 64 KiB figure,
-    /// and the ring's 64 KiB figure as a share of it. The probe's writer and reader are placed
-    /// as the client and the server ran (pinned, or, unpinned, where they were right after the
-    /// timed transfer: the host's two vCPUs are often not alike, one way round up to 2x slower
-    /// than the other); if that is unknown, both ways round, and the faster counts.
-    fn copy_ceiling(&self, out: &mut Out) {
-        let o = &self.opts;
+    fn measure_group(
+        &self,
+        group: &str,
+        kinds: &[Kind],
+        pass: Pass,
+        o: &Opts,
+    ) -> io::Result<Vec<Out>> {
+        let servers = kinds
+            .iter()
+            .map(|&kind| Server::spawn(kind, self.child_cpu(group, pass)))
+            .collect::<io::Result<Vec<Server>>>()?;
+        let ts: Vec<Target> = kinds
+            .iter()
+            .zip(&servers)
+            .map(|(&kind, s)| Target {
+                kind,
+                addr: s.addr.clone(),
+                pid: s.pid(),
+            })
+            .collect();
+        let probe = |ran, warm, total| self.copy_ceiling(ran, warm, total);
+        let probe: Option<figures::CeilingProbe<'_>> = Some(&probe);
+        self.rt.block_on(async {
+            match group {
+                "pp" => figures::pingpong(&ts, o).await,
+                "pp-same" => figures::pingpong_pinned(&ts, o).await,
+                "bulk" => figures::bulk(&ts, o, probe).await,
+                "setup" => figures::setup(&ts, o).await,
+                "conc" => figures::concurrent(&ts, o).await,
+                "idle" => {
+                    let mut outs = Vec::new();
+                    for t in &ts {
+                        outs.push(figures::idle(t, o).await?);
+                    }
+                    Ok(outs)
+                }
+                _ => unreachable!("unknown group {group}"),
+            }
+        })
+    }
+
+    /// The shared-memory copy ceiling (see `ceiling.rs`) for `total` bytes after `warm`, placed
+    /// as the ring's client and server ran (`ran`). The probe's writer and reader are placed as
+    /// the run pinned them or, unpinned, where they were right after the ring's timed transfer
+    /// (the host's two vCPUs are often not alike, one way round up to 2x slower than the
+    /// other); if that is unknown, both ways round, and the faster counts.
+    fn copy_ceiling(&self, ran: Option<(usize, usize)>, warm: u64, total: u64) -> Option<Ceiling> {
         let (first, second) = (self.cpus[0], *self.cpus.get(1).unwrap_or(&self.cpus[0]));
-        let placements = match (o.pin, out.placement) {
+        let placements = match (self.opts.pin, ran) {
             (Pin::Same, _) => vec![(first, first)],
             (Pin::Apart, _) => vec![(first, second)],
             (Pin::None, Some(ran)) => vec![ran],
             (Pin::None, None) if first == second => vec![(first, first)],
             (Pin::None, None) => vec![(first, second), (second, first)],
         };
-        let mut best: Option<ceiling::Ceiling> = None;
+        let mut best: Option<Ceiling> = None;
         for cpus in placements {
-            match ceiling::measure(net::ring_size(), 64 << 10, o.bulk_warm, o.bulk_total, cpus) {
+            match ceiling::measure(net::ring_size(), 64 << 10, warm, total, cpus) {
                 Ok(c) if best.is_none_or(|b| c.gbps > b.gbps) => best = Some(c),
                 Ok(_) => {}
-                Err(e) => return out.notes.push(format!("copy ceiling: {e}")),
+                Err(e) => {
+                    eprintln!("xway-bench: copy ceiling: {e}");
+                    return None;
+                }
             }
         }
-        let Some(c) = best else { return };
-        let ring = out.vals.iter().find(|(id, _)| id == "bulk64k.gbps");
-        let ring = ring.map(|&(_, v)| v);
-        eprintln!(
-            "xway-bench: copy ceiling {:.1} GB/s (writer on CPU {}, reader on CPU {}, {:.0}% stalled), ring / ceiling {:.2}",
-            c.gbps,
-            c.cpus.0,
-            c.cpus.1,
-            c.stalled * 100.0,
-            ring.map_or(f64::NAN, |r| r / c.gbps)
-        );
-        if let Some(ring) = ring {
-            out.val("bulk64k.per_ceiling", ring / c.gbps);
-        }
-        out.val("bulk64k.ceiling", c.gbps);
-        out.val("bulk64k.ceiling_stalled", c.stalled);
+        best
     }
 
     fn run(&mut self) {
@@ -333,20 +443,28 @@ impl Runner {
                 } else {
                     (0..4).map(|i| KINDS[(i + rep) % 4]).collect()
                 };
-                for kind in kinds {
-                    let t = Instant::now();
-                    if let Err(e) = self.run_one(group, rep, kind) {
-                        let msg = format!("rep {}: {group} {}: error: {e}", rep + 1, kind.name());
-                        eprintln!("xway-bench: {msg}");
-                        self.res.notes.push(msg);
+                let kinds: Vec<Kind> = kinds
+                    .into_iter()
+                    .filter(|k| self.opts.kinds.contains(k))
+                    .collect();
+                if self.opts.turns {
+                    self.run_group(group, rep, &kinds, Pass::Main);
+                } else {
+                    for kind in kinds {
+                        self.run_group(group, rep, &[kind], Pass::Main);
                     }
-                    eprintln!(
-                        "xway-bench: rep {}/{} {group:<7} {:<8} {:>6.2} s",
-                        rep + 1,
-                        self.opts.reps,
-                        kind.name(),
-                        t.elapsed().as_secs_f64()
-                    );
+                }
+            }
+            if self.opts.tcp_pair {
+                let pair = if rep % 2 == 0 {
+                    [Kind::XwayTcp, Kind::Tcp]
+                } else {
+                    [Kind::Tcp, Kind::XwayTcp]
+                };
+                for group in self.opts.groups.clone() {
+                    if group != "idle" {
+                        self.run_group(group, rep, &pair, Pass::TcpPair);
+                    }
                 }
             }
         }

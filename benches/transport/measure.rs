@@ -99,6 +99,17 @@ impl Usage {
         }
     }
 
+    /// `self + other`, per field: the usage of several timed blocks added up.
+    pub(crate) fn plus(&self, other: &Usage) -> Usage {
+        let s = |a: Option<u64>, b: Option<u64>| Some(a? + b?);
+        Usage {
+            cpu_me: s(self.cpu_me, other.cpu_me),
+            cpu_child: s(self.cpu_child, other.cpu_child),
+            cs_me: s(self.cs_me, other.cs_me),
+            cs_child: s(self.cs_child, other.cs_child),
+        }
+    }
+
     pub(crate) fn cpu_secs(&self) -> Option<(f64, f64)> {
         Some((self.cpu_me? as f64 / 1e9, self.cpu_child? as f64 / 1e9))
     }

@@ -270,7 +270,11 @@ async fn serve(kind: Kind, path: Option<PathBuf>) -> io::Result<()> {
             announce(l.local_addr()?);
             loop {
                 match l.accept().await {
-                    Ok((s, _)) => spawn_handler(Conn::Xway(s)),
+                    Ok((s, _)) => {
+                        // As for tokio TCP below: the two TCP servers differ only in the type.
+                        s.set_nodelay(true)?;
+                        spawn_handler(Conn::Xway(s))
+                    }
                     Err(e) => accept_error(e).await,
                 }
             }
