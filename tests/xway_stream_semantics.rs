@@ -37,6 +37,7 @@ both_paths!(
     ready_reports_read_closed_at_eof,
     peek_does_not_consume,
     vectored_write_gathers_all_slices,
+    writes_larger_than_the_buffers_reach_a_slow_reader_whole,
     borrowed_split_halves_work_concurrently,
     set_nodelay_and_addresses_work,
 );
@@ -254,6 +255,51 @@ async fn vectored_write_gathers_all_slices(ring: bool) {
     let mut got = [0u8; 5];
     s.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"abcde");
+}
+
+async fn writes_larger_than_the_buffers_reach_a_slow_reader_whole(ring: bool) {
+    // Every write takes part of what it is offered and then waits for room (on TCP, a send
+    // that took less than offered clears the write readiness at once, as tokio's own stream
+    // does): nothing may be lost, repeated or left waiting.
+    let (mut c, mut s) = pair(ring).await;
+    const TOTAL: usize = 24 << 20;
+    let data = pattern(0, TOTAL);
+    let writer = async {
+        for piece in data.chunks(3 << 20) {
+            let (a, b) = piece.split_at(piece.len() / 3);
+            let mut parts = [IoSlice::new(a), IoSlice::new(b)];
+            let mut parts = &mut parts[..];
+            while !parts.is_empty() {
+                let n = c.write_vectored(parts).await.unwrap();
+                IoSlice::advance_slices(&mut parts, n);
+            }
+        }
+        c.shutdown().await.unwrap();
+    };
+    let reader = async {
+        let mut got = Vec::with_capacity(TOTAL);
+        let mut buf = vec![0u8; 7 * 1024];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return got;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.len() % 5 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let ((), got) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(writer, reader)
+    })
+    .await
+    .expect("no hang");
+    assert!(
+        got == data,
+        "{} bytes of {TOTAL} arrived, not all in order",
+        got.len()
+    );
 }
 
 async fn borrowed_split_halves_work_concurrently(ring: bool) {

@@ -630,15 +630,32 @@ impl XwayStream {
         match &self.inner {
             Inner::Tcp(t) => loop {
                 ready!(t.poll_write_ready(cx))?;
-                // One buffer (every `poll_write`): `send`, as tokio's own `TcpStream` does, not
-                // `writev`, which first copies the vector in.
-                let written = match bufs {
-                    [one] => t.try_write(one),
-                    _ => t.try_write_vectored(bufs),
-                };
-                match written {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    other => return Poll::Ready(other),
+                let offered: usize = bufs.iter().map(|b| b.len()).sum();
+                let mut sent = None;
+                let res = t.try_io(Interest::WRITABLE, || {
+                    let socket = socket2::SockRef::from(t);
+                    // One buffer (every `poll_write`): `send`, as tokio's own `TcpStream` does,
+                    // not `sendmsg`, which first copies the vector in. `MSG_NOSIGNAL`: a closed
+                    // peer is an error, never a SIGPIPE.
+                    let n = match bufs {
+                        [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL)?,
+                        _ => socket.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)?,
+                    };
+                    sent = Some(n);
+                    // As in tokio's own `TcpStream`: a write that took less than it was
+                    // offered found the send buffer full, so the readiness it used is cleared
+                    // now rather than by one more `send` that would fail.
+                    if n > 0 && n < offered {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
+                });
+                match (sent, res) {
+                    (Some(n), _) => return Poll::Ready(Ok(n)),
+                    (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    (None, Err(e)) => return Poll::Ready(Err(e)),
+                    (None, Ok(())) => unreachable!("a successful send reports its length"),
                 }
             },
             Inner::Ring(r) => with_slices(bufs, |s| r.poll_write_vectored(cx, s)),
