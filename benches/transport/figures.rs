@@ -290,6 +290,12 @@ async fn sink_transfer(c: &mut Conn, chunk: &[u8], total: u64) -> io::Result<()>
 /// a block at 30 GB/s); one transport alone sends its bytes in one block.
 const BULK_BLOCKS_IN_TURNS: u64 = 16;
 
+/// Connections per transport whose turns the bulk blocks go round when transports take turns.
+/// A TCP connection's speed depends on its own state (buffer sizes the kernel tuned for it,
+/// congestion control), which differs from one connection to the next: several per transport
+/// keep one connection's luck out of the comparison.
+const BULK_CONNS_IN_TURNS: usize = 4;
+
 /// The shared-memory copy ceiling, run by the bulk figure right after each of the ring's 64 KiB
 /// blocks: `(where the client and the server ran, if known; warm-up bytes; timed bytes)`.
 pub(crate) type CeilingProbe<'a> = &'a dyn Fn(Option<(usize, usize)>, u64, u64) -> Option<Ceiling>;
@@ -331,9 +337,9 @@ impl CeilingTally {
 }
 
 /// One-way bulk throughput with 64 KiB and 1 MiB writes into a sink that reads with a buffer of
-/// the same size and acknowledges each transfer with one byte, on one connection per transport:
-/// `o.bulk_warm` untimed, then `o.bulk_total` (in [`BULK_BLOCKS_IN_TURNS`] turns if there are
-/// several transports). GB/s (10^9 B/s), CPU
+/// the same size and acknowledges each transfer with one byte, on one connection per transport
+/// (on [`BULK_CONNS_IN_TURNS`] if there are several transports): `o.bulk_warm` untimed on each,
+/// then `o.bulk_total` (in [`BULK_BLOCKS_IN_TURNS`] turns if there are several transports). GB/s (10^9 B/s), CPU
 /// seconds per GB (both processes, and each), context switches per write; with `probe`, the
 /// copy ceiling after each of the ring's 64 KiB blocks.
 pub(crate) async fn bulk(
@@ -341,13 +347,29 @@ pub(crate) async fn bulk(
     o: &Opts,
     probe: Option<CeilingProbe<'_>>,
 ) -> io::Result<Vec<Out>> {
-    let (mut outs, mut conns) = open(ts, "bulk", b"S").await?;
+    let lane_count = if ts.len() == 1 {
+        1
+    } else {
+        BULK_CONNS_IN_TURNS
+    };
+    // `lanes[lane][target]`: block `b` of every transport goes over lane `b % lane_count`.
+    let (mut outs, first) = open(ts, "bulk", b"S").await?;
+    let mut lanes = vec![first];
+    while lanes.len() < lane_count {
+        let (more_outs, conns) = open(ts, "bulk", b"S").await?;
+        for (out, more) in outs.iter_mut().zip(more_outs) {
+            out.notes.extend(more.notes);
+        }
+        lanes.push(conns);
+    }
     for (id, chunk) in [("bulk64k", 64 << 10), ("bulk1m", 1 << 20)] {
         let data: Vec<u8> = (0..chunk).map(|i| (i % 251) as u8).collect();
-        for (t, c) in ts.iter().zip(&mut conns) {
-            sink_transfer(c, &data, o.bulk_warm)
-                .await
-                .map_err(failed(t.kind))?;
+        for conns in &mut lanes {
+            for (t, c) in ts.iter().zip(conns) {
+                sink_transfer(c, &data, o.bulk_warm)
+                    .await
+                    .map_err(failed(t.kind))?;
+            }
         }
         let mut tallies: Vec<Tally> = ts.iter().map(|_| Tally::default()).collect();
         let mut ceiling = CeilingTally::default();
@@ -359,7 +381,7 @@ pub(crate) async fn bulk(
         let block_bytes = o.bulk_total / blocks;
         for block in 0..blocks as usize {
             for i in turns(ts.len(), block) {
-                let (t, c) = (&ts[i], &mut conns[i]);
+                let (t, c) = (&ts[i], &mut lanes[block % lane_count][i]);
                 let mark = Mark::now(Some(c), t.pid);
                 sink_transfer(c, &data, block_bytes)
                     .await
@@ -390,9 +412,11 @@ pub(crate) async fn bulk(
             }
         }
     }
-    for (t, c) in ts.iter().zip(&mut conns) {
-        // Total 0: the sink is done.
-        c.write_all(&[0u8; 16]).await.map_err(failed(t.kind))?;
+    for conns in &mut lanes {
+        for (t, c) in ts.iter().zip(conns) {
+            // Total 0: the sink is done.
+            c.write_all(&[0u8; 16]).await.map_err(failed(t.kind))?;
+        }
     }
     Ok(outs)
 }
