@@ -250,6 +250,8 @@ pub(crate) struct Results {
     pub(crate) tcp_pair: BTreeMap<String, Vec<[Option<f64>; 4]>>,
     /// Latency samples (µs) per figure id and transport, all repetitions pooled.
     pub(crate) samples: BTreeMap<(String, Kind), Vec<f64>>,
+    /// The same, from the TCP comparison pass.
+    pub(crate) tcp_pair_samples: BTreeMap<(String, Kind), Vec<f64>>,
     pub(crate) notes: Vec<String>,
 }
 
@@ -263,10 +265,12 @@ impl Results {
             let per_rep = values.entry(id).or_insert_with(|| vec![[None; 4]; reps]);
             per_rep[rep][kind.index()] = Some(v);
         }
-        if pass == Pass::Main {
-            for (id, s) in out.samples {
-                self.samples.entry((id, kind)).or_default().extend(s);
-            }
+        let samples = match pass {
+            Pass::Main => &mut self.samples,
+            Pass::TcpPair => &mut self.tcp_pair_samples,
+        };
+        for (id, s) in out.samples {
+            samples.entry((id, kind)).or_default().extend(s);
         }
         self.notes.extend(
             out.notes
