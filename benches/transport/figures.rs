@@ -6,7 +6,7 @@
 //! same buffers, the same loop. Only the `connect` call differs.
 //!
 //! Given several transports, they take turns: a figure's timed work is cut into blocks
-//! (ping-pong: 10 per message size; bulk: 16 per write size; 1,000 connections: 10 windows;
+//! (ping-pong: 100 per message size; bulk: 16 per write size; 1,000 connections: 10 windows;
 //! setup: one connection), and each transport runs one block in turn, the order rotating from
 //! block to block, so every transport is measured across the same stretch of time. The host's
 //! speed moves by tens of percent from one second to the next (see benches/README.md); measured
@@ -216,8 +216,10 @@ fn latency(out: &mut Out, id: &str, mut samples: Vec<f64>) {
     out.samples.push((id.to_owned(), samples));
 }
 
-/// Blocks of timed round trips per message size.
-const PINGPONG_BLOCKS: usize = 10;
+/// Blocks of timed round trips per message size, short ones (100 round trips of 60 µs over TCP
+/// here): the host slows down for tens of milliseconds at a time, and blocks much longer than
+/// that put one transport in a slow spell and the other out of it.
+const PINGPONG_BLOCKS: usize = 100;
 
 /// Ping-pong on one echo connection per transport, for each `(id, size)`: `o.pp_warm` untimed
 /// round trips, then `o.pp_n` timed one by one in [`PINGPONG_BLOCKS`] turns; p50 and p99,
