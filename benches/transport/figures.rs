@@ -216,14 +216,17 @@ fn latency(out: &mut Out, id: &str, mut samples: Vec<f64>) {
     out.samples.push((id.to_owned(), samples));
 }
 
-/// Blocks of timed round trips per message size, short ones (100 round trips of 60 µs over TCP
-/// here): the host slows down for tens of milliseconds at a time, and blocks much longer than
-/// that put one transport in a slow spell and the other out of it.
-const PINGPONG_BLOCKS: usize = 100;
+/// Blocks of timed round trips per message size when transports take turns, short ones (100
+/// round trips of 60 µs over TCP here): the host slows down for tens of milliseconds at a time,
+/// and blocks much longer than that put one transport in a slow spell and the other out of it.
+/// One transport alone runs one block: the pause between two blocks (reading the processes'
+/// counters) outlasts the ring's spin, and its next round trip would then be a wake-up.
+const PINGPONG_BLOCKS_IN_TURNS: usize = 100;
 
 /// Ping-pong on one echo connection per transport, for each `(id, size)`: `o.pp_warm` untimed
-/// round trips, then `o.pp_n` timed one by one in [`PINGPONG_BLOCKS`] turns; p50 and p99,
-/// context switches and CPU per round trip (both processes).
+/// round trips, then `o.pp_n` timed one by one (in [`PINGPONG_BLOCKS_IN_TURNS`] turns if there
+/// are several transports); p50 and p99, context switches and CPU per round trip (both
+/// processes).
 async fn pingpong_sizes(
     ts: &[Target],
     o: &Opts,
@@ -241,8 +244,13 @@ async fn pingpong_sizes(
         }
         let mut tallies: Vec<Tally> = ts.iter().map(|_| Tally::default()).collect();
         let mut samples = vec![Vec::with_capacity(o.pp_n); ts.len()];
-        for block in 0..PINGPONG_BLOCKS {
-            let n = share(o.pp_n, PINGPONG_BLOCKS, block);
+        let blocks = if ts.len() == 1 {
+            1
+        } else {
+            PINGPONG_BLOCKS_IN_TURNS
+        };
+        for block in 0..blocks {
+            let n = share(o.pp_n, blocks, block);
             for i in turns(ts.len(), block) {
                 let (t, c) = (&ts[i], &mut conns[i]);
                 let mark = Mark::now(Some(c), t.pid);
