@@ -586,38 +586,25 @@ impl XwayStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match &self.inner {
-            Inner::Tcp(t) => loop {
-                ready!(t.poll_read_ready(cx))?;
-                let want = buf.remaining();
-                let mut received = None;
-                let res = t.try_io(Interest::READABLE, || {
-                    // SAFETY: `recv` only writes initialised bytes; `assume_init` below covers
-                    // exactly the bytes it reported.
-                    let dst: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
-                    let n = socket2::SockRef::from(t).recv(dst)?;
-                    received = Some(n);
-                    // As in tokio's own `TcpStream`: a read that did not fill the buffer
-                    // drained the socket, so the readiness this read used is cleared now
-                    // (by answering "would block" for it) rather than by one more `recv`
-                    // that would fail. Readiness that arrived meanwhile is kept by tokio.
-                    if n > 0 && n < want {
-                        Err(io::ErrorKind::WouldBlock.into())
-                    } else {
-                        Ok(())
+            Inner::Tcp(t) => {
+                let offered = buf.remaining();
+                let n = ready!(poll_tcp_transfer(
+                    t,
+                    cx,
+                    Interest::READABLE,
+                    offered,
+                    || {
+                        // SAFETY: `recv` only writes initialised bytes; `assume_init` below covers
+                        // exactly the bytes it reported.
+                        let dst: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
+                        socket2::SockRef::from(t).recv(dst)
                     }
-                });
-                match (received, res) {
-                    (Some(n), _) => {
-                        // SAFETY: the kernel initialised `n` bytes of the unfilled part.
-                        unsafe { buf.assume_init(n) };
-                        buf.advance(n);
-                        return Poll::Ready(Ok(()));
-                    }
-                    (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    (None, Err(e)) => return Poll::Ready(Err(e)),
-                    (None, Ok(())) => unreachable!("a successful recv reports its length"),
-                }
-            },
+                ))?;
+                // SAFETY: the kernel initialised `n` bytes of the unfilled part.
+                unsafe { buf.assume_init(n) };
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
             Inner::Ring(r) => r.poll_read(cx, buf),
         }
     }
@@ -628,36 +615,19 @@ impl XwayStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match &self.inner {
-            Inner::Tcp(t) => loop {
-                ready!(t.poll_write_ready(cx))?;
-                let offered: usize = bufs.iter().map(|b| b.len()).sum();
-                let mut sent = None;
-                let res = t.try_io(Interest::WRITABLE, || {
+            Inner::Tcp(t) => {
+                let offered = bufs.iter().map(|b| b.len()).sum();
+                poll_tcp_transfer(t, cx, Interest::WRITABLE, offered, || {
                     let socket = socket2::SockRef::from(t);
                     // One buffer (every `poll_write`): `send`, as tokio's own `TcpStream` does,
                     // not `sendmsg`, which first copies the vector in. `MSG_NOSIGNAL`: a closed
                     // peer is an error, never a SIGPIPE.
-                    let n = match bufs {
-                        [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL)?,
-                        _ => socket.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)?,
-                    };
-                    sent = Some(n);
-                    // As in tokio's own `TcpStream`: a write that took less than it was
-                    // offered found the send buffer full, so the readiness it used is cleared
-                    // now rather than by one more `send` that would fail.
-                    if n > 0 && n < offered {
-                        Err(io::ErrorKind::WouldBlock.into())
-                    } else {
-                        Ok(())
+                    match bufs {
+                        [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL),
+                        _ => socket.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL),
                     }
-                });
-                match (sent, res) {
-                    (Some(n), _) => return Poll::Ready(Ok(n)),
-                    (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    (None, Err(e)) => return Poll::Ready(Err(e)),
-                    (None, Ok(())) => unreachable!("a successful send reports its length"),
-                }
-            },
+                })
+            }
             Inner::Ring(r) => with_slices(bufs, |s| r.poll_write_vectored(cx, s)),
         }
     }
@@ -672,6 +642,43 @@ impl XwayStream {
                 r.shutdown_write();
                 Ok(())
             }
+        }
+    }
+}
+
+/// One `recv` or `send` on a TCP stream once tokio reports it ready for `interest`, as tokio's
+/// own `TcpStream` does it: a transfer that moved less than the `offered` bytes drained the
+/// socket (or filled its send buffer), so the readiness it used is cleared now, by answering
+/// "would block" for it, rather than by one more system call that would fail. Readiness that
+/// arrived meanwhile is kept by tokio.
+fn poll_tcp_transfer(
+    t: &TcpStream,
+    cx: &mut Context<'_>,
+    interest: Interest,
+    offered: usize,
+    mut transfer: impl FnMut() -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        if interest.is_readable() {
+            ready!(t.poll_read_ready(cx))?;
+        } else {
+            ready!(t.poll_write_ready(cx))?;
+        }
+        let mut moved = None;
+        let res = t.try_io(interest, || {
+            let n = transfer()?;
+            moved = Some(n);
+            if n > 0 && n < offered {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match (moved, res) {
+            (Some(n), _) => return Poll::Ready(Ok(n)),
+            (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            (None, Err(e)) => return Poll::Ready(Err(e)),
+            (None, Ok(())) => unreachable!("a successful transfer reports its length"),
         }
     }
 }
