@@ -676,7 +676,7 @@ const MAX_KEPT: usize = 2;
 /// ring holds the memory its connections touched (at most this much per direction, plus the
 /// control page), and a connection that moves more pays for a new ring in its transfer time
 /// anyway.
-const KEEP_AT_MOST: u32 = 64 << 10;
+const KEEP_AT_MOST: u64 = 64 << 10;
 /// A listener keeps more only while its client is offering them again (they cannot be
 /// evicted then), and never more than this.
 const MAX_KEPT_BY_LISTENER: usize = 8;

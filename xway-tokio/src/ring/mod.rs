@@ -215,6 +215,8 @@ pub(crate) struct Producer {
     pipe: Pipe,
     /// Authoritative count of bytes published; never read back from shared memory.
     prod: u32,
+    /// Bytes published since this producer was created, not wrapped.
+    total: u64,
     flags: u32,
 }
 
@@ -229,6 +231,7 @@ impl Producer {
         Producer {
             pipe,
             prod: 0,
+            total: 0,
             flags: 0,
         }
     }
@@ -249,9 +252,9 @@ impl Producer {
         Ok(self.pipe.size - used)
     }
 
-    /// Bytes published so far (modulo 2^32).
-    pub(crate) fn published(&self) -> u32 {
-        self.prod
+    /// Bytes published since this producer was created.
+    pub(crate) fn published(&self) -> u64 {
+        self.total
     }
 
     /// Free space now, validated.
@@ -283,6 +286,7 @@ impl Producer {
             });
         }
         self.prod = self.prod.wrapping_add(n as u32);
+        self.total += n as u64;
         // Release: the bytes copied above /before/ the new index.
         self.pipe
             .region
@@ -362,6 +366,8 @@ pub(crate) struct Consumer {
     pipe: Pipe,
     /// Authoritative count of bytes consumed; never read back from shared memory.
     cons: u32,
+    /// Bytes consumed since this consumer was created, not wrapped.
+    total: u64,
     flags: u32,
 }
 
@@ -374,6 +380,7 @@ impl Consumer {
         Consumer {
             pipe,
             cons: 0,
+            total: 0,
             flags: 0,
         }
     }
@@ -414,11 +421,12 @@ impl Consumer {
         }
     }
 
-    /// Bytes the producer published so far as far as this side has seen: consumed, plus those
-    /// waiting (modulo 2^32; what a misbehaving producer claims counts as nothing more).
-    pub(crate) fn seen(&self) -> u32 {
+    /// Bytes the producer published since this consumer was created, as far as this side has
+    /// seen: consumed, plus those waiting (what a misbehaving producer claims counts as nothing
+    /// more).
+    pub(crate) fn seen(&self) -> u64 {
         let waiting = self.poll_state().map_or(0, |(n, _)| n);
-        self.cons.wrapping_add(waiting)
+        self.total + u64::from(waiting)
     }
 
     /// Bytes that can be read now without waiting.
@@ -454,6 +462,7 @@ impl Consumer {
         let n = dst.len().min(avail as usize);
         self.pipe.copy_out(self.cons, &mut dst[..n]);
         self.cons = self.cons.wrapping_add(n as u32);
+        self.total += n as u64;
         // Release: our reads of the bytes /before/ the producer may overwrite them.
         self.pipe
             .region

@@ -35,6 +35,28 @@ fn bytes_arrive_in_order_across_the_wrap() {
 }
 
 #[test]
+fn byte_totals_keep_counting_past_4_gib() {
+    let (mut tx, mut rx, region) = pair(12);
+    // Both ends 100 bytes short of 4 GiB, as after a long connection.
+    let start = u32::MAX - 99;
+    tx.prod = start;
+    tx.total = u64::from(start);
+    rx.cons = start;
+    rx.total = u64::from(start);
+    region.store(C2S_CONTROL + PROD, start, Relaxed);
+    region.store(C2S_CONTROL + CONS, start, Relaxed);
+    assert_eq!(tx.write(&[&[7u8; 300]]).unwrap().bytes, 300);
+    assert_eq!(tx.published(), (1 << 32) + 200);
+    assert_eq!(rx.seen(), (1 << 32) + 200, "seen: consumed plus waiting");
+    let mut b = [0u8; 300];
+    assert!(matches!(
+        rx.read(&mut b).unwrap(),
+        Read::Data { bytes: 300, .. }
+    ));
+    assert_eq!(rx.seen(), (1 << 32) + 200);
+}
+
+#[test]
 fn full_ring_accepts_nothing_until_read() {
     let (mut tx, mut rx, _) = pair(12);
     assert_eq!(tx.write(&[&[1u8; 5000]]).unwrap().bytes, 4096);

@@ -94,12 +94,12 @@ pub(crate) struct RingIo {
 
 /// What a provider does with a ring this side is done with: it gets the doorbell back, after
 /// the last write of this side to the region, and the bytes that went through the ring's
-/// busier direction (modulo 2^32: which pages of the region the connection touched).
-pub(crate) struct Release(Box<dyn FnOnce(Box<dyn Doorbell>, u32) + Send + Sync>);
+/// busier direction (which says how many pages of the region the connection touched).
+pub(crate) struct Release(Box<dyn FnOnce(Box<dyn Doorbell>, u64) + Send + Sync>);
 
 impl Release {
     pub(crate) fn new(
-        release: impl FnOnce(Box<dyn Doorbell>, u32) + Send + Sync + 'static,
+        release: impl FnOnce(Box<dyn Doorbell>, u64) + Send + Sync + 'static,
     ) -> Release {
         Release(Box::new(release))
     }
