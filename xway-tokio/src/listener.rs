@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream, ToSocketAddrs};
@@ -62,6 +62,40 @@ pub struct XwayListener {
     /// The address every connection is accepted on, if the listener is bound to one (not a
     /// wildcard): setup then needs no `getsockname` per connection.
     bound: Option<SocketAddr>,
+    /// Every task waiting in `accept`; the wake sources inside (the TCP listener, the
+    /// rendezvous, pending setups) keep one waker each, so they get [`AcceptWaiters`]'s.
+    waiters: Arc<AcceptWaiters>,
+    waiters_waker: Waker,
+}
+
+/// The tasks waiting to accept, all woken together: each wake source keeps only the waker it
+/// was polled with last, and with that alone a task that polled before another would be left
+/// waiting while connections queue up (`TcpListener::accept` wakes every waiting task).
+#[derive(Debug, Default)]
+struct AcceptWaiters {
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl AcceptWaiters {
+    fn register(&self, waker: &Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+}
+
+impl Wake for AcceptWaiters {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in wakers {
+            w.wake();
+        }
+    }
 }
 
 impl XwayListener {
@@ -161,6 +195,7 @@ impl XwayListener {
             .local_addr()
             .ok()
             .filter(|a| !a.ip().is_unspecified());
+        let waiters = Arc::new(AcceptWaiters::default());
         XwayListener {
             tcp: listener,
             bound,
@@ -170,6 +205,8 @@ impl XwayListener {
             not_advertised,
             ring_required,
             spin_budget: config.spin_budget(),
+            waiters: Arc::clone(&waiters),
+            waiters_waker: Waker::from(waiters),
         }
     }
 
@@ -266,7 +303,20 @@ impl XwayListener {
 
     /// Polls to accept a connection, like [`TcpListener::poll_accept`]. See
     /// [`XwayListener::accept`].
+    ///
+    /// Unlike `TcpListener::poll_accept`, every task that polled and got `Pending` is woken
+    /// when a connection may be ready, not only the last one.
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(XwayStream, SocketAddr)>> {
+        // Registered before the wake sources are polled, so a wake-up between the two is not
+        // lost.
+        self.waiters.register(cx.waker());
+        self.poll_accept_for_waiters(&mut Context::from_waker(&self.waiters_waker))
+    }
+
+    fn poll_accept_for_waiters(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(XwayStream, SocketAddr)>> {
         loop {
             let (stream, peer) = match self.poll_pending(cx) {
                 Poll::Ready(done) => done,
