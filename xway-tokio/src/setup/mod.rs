@@ -26,6 +26,7 @@
 //! [`crate::provider::xen::rendezvous`]). The region layout, the compare-and-swap and the
 //! verdict are the same.
 
+mod ports;
 pub(crate) mod wire;
 
 use std::future::Future;
@@ -213,13 +214,13 @@ fn bound_socket(addr: SocketAddr) -> Result<(socket2::Socket, SocketAddr), Fallb
     Ok((socket, client))
 }
 
-/// Binds `socket` to `ip` and a port the kernel picks, so that the offer can name the
-/// connection's exact 4-tuple before the SYN; the canonical client address, or why not.
+/// Binds `socket` to `ip` and a free ephemeral port (`ports.rs`), so that the offer can name
+/// the connection's exact 4-tuple before the SYN; the canonical client address, or why not.
 fn bind_client(
     socket: &socket2::Socket,
     ip: io::Result<std::net::IpAddr>,
 ) -> Result<SocketAddr, FallbackReason> {
-    ip.and_then(|ip| socket.bind(&SocketAddr::new(ip, 0).into()))
+    ip.and_then(|ip| ports::bind_ephemeral(socket, ip))
         .and_then(|()| socket.local_addr())
         .and_then(|a| {
             a.as_socket()
