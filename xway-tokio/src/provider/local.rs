@@ -136,7 +136,7 @@ impl KeepIn {
                 return;
             };
             if moved > KEEP_AT_MOST {
-                discard(&region);
+                discard(&region, &[state::POOLED, state::CLAIMED]);
                 return;
             }
             if region
@@ -653,14 +653,15 @@ impl Kept {
 impl Drop for Kept {
     fn drop(&mut self) {
         if self.bell.is_some() {
-            discard(&self.region);
+            discard(&self.region, &[state::POOLED, state::CLAIMED]);
         }
     }
 }
 
-/// Tells the other side that this one threw the ring away: it then never keeps or offers it.
-fn discard(region: &Region) {
-    for from in [state::POOLED, state::CLAIMED] {
+/// Tells the other side that this one threw the ring away, by moving its setup state from the
+/// first of `from` it is in to `DISCARDED`: the other side then never keeps or offers it.
+fn discard(region: &Region, from: &[u32]) {
+    for &from in from {
         if region
             .compare_exchange(STATE_OFFSET, from, state::DISCARDED)
             .is_ok()
@@ -797,7 +798,7 @@ pub(crate) fn offer(
             Err(e) => e,
         };
         // Nobody will claim it: a kept ring must not stay offered in the listener's keeping.
-        discard_offered(&ring.region);
+        discard(&ring.region, &[state::OFFERED]);
         // The listener is not keeping up: TCP now, the connection stays.
         if e.kind() == io::ErrorKind::WouldBlock {
             return Err(failed(e));
@@ -818,10 +819,6 @@ pub(crate) fn offer(
             None => return Err(FallbackReason::NotAdvertised),
         };
     }
-}
-
-fn discard_offered(region: &Region) {
-    let _ = region.compare_exchange(STATE_OFFSET, state::OFFERED, state::DISCARDED);
 }
 
 /// What the client does with its ring once its connection ends: keep it on `rendezvous` to
@@ -1005,9 +1002,7 @@ impl ClientRing {
         let doorbell = match SocketDoorbell::new(bell) {
             Ok(doorbell) => doorbell,
             Err(e) => {
-                let _ =
-                    kept.region
-                        .compare_exchange(STATE_OFFSET, state::REUSING, state::DISCARDED);
+                discard(&kept.region, &[state::REUSING]);
                 return Err(e);
             }
         };
