@@ -93,6 +93,16 @@ fn turns(n: usize, block: usize) -> impl Iterator<Item = usize> {
     (0..n).map(move |i| (i + block) % n)
 }
 
+/// `n` when several transports take turns; one transport alone runs one block (or window, or
+/// connection) of everything, with no pauses in between.
+fn in_turns(ts: &[Target], n: usize) -> usize {
+    if ts.len() == 1 {
+        1
+    } else {
+        n
+    }
+}
+
 /// Block `block`'s share of `total` split into `blocks` nearly equal parts.
 fn share(total: usize, blocks: usize, block: usize) -> usize {
     total / blocks + usize::from(block < total % blocks)
@@ -244,11 +254,7 @@ async fn pingpong_sizes(
         }
         let mut tallies: Vec<Tally> = ts.iter().map(|_| Tally::default()).collect();
         let mut samples = vec![Vec::with_capacity(o.pp_n); ts.len()];
-        let blocks = if ts.len() == 1 {
-            1
-        } else {
-            PINGPONG_BLOCKS_IN_TURNS
-        };
+        let blocks = in_turns(ts, PINGPONG_BLOCKS_IN_TURNS);
         for block in 0..blocks {
             let n = share(o.pp_n, blocks, block);
             for i in turns(ts.len(), block) {
@@ -298,7 +304,7 @@ async fn sink_transfer(c: &mut Conn, chunk: &[u8], total: u64) -> io::Result<()>
 /// Blocks of a timed bulk transfer when transports take turns. Each block ends with an
 /// acknowledgement (a round trip, and for the ring the wake-up of a parked server: under 2% of
 /// a block at 30 GB/s); one transport alone sends its bytes in one block.
-const BULK_BLOCKS_IN_TURNS: u64 = 16;
+const BULK_BLOCKS_IN_TURNS: usize = 16;
 
 /// Connections per transport whose turns the bulk blocks go round when transports take turns.
 /// A TCP connection's speed depends on its own state (buffer sizes the kernel tuned for it,
@@ -349,19 +355,15 @@ impl CeilingTally {
 /// One-way bulk throughput with 64 KiB and 1 MiB writes into a sink that reads with a buffer of
 /// the same size and acknowledges each transfer with one byte, on one connection per transport
 /// (on [`BULK_CONNS_IN_TURNS`] if there are several transports): `o.bulk_warm` untimed on each,
-/// then `o.bulk_total` (in [`BULK_BLOCKS_IN_TURNS`] turns if there are several transports). GB/s (10^9 B/s), CPU
-/// seconds per GB (both processes, and each), context switches per write; with `probe`, the
-/// copy ceiling after each of the ring's 64 KiB blocks.
+/// then `o.bulk_total` (in [`BULK_BLOCKS_IN_TURNS`] turns if there are several transports).
+/// GB/s (10^9 B/s), CPU seconds per GB (both processes, and each), context switches per write;
+/// with `probe`, the copy ceiling after each of the ring's 64 KiB blocks.
 pub(crate) async fn bulk(
     ts: &[Target],
     o: &Opts,
     probe: Option<CeilingProbe<'_>>,
 ) -> io::Result<Vec<Out>> {
-    let lane_count = if ts.len() == 1 {
-        1
-    } else {
-        BULK_CONNS_IN_TURNS
-    };
+    let lane_count = in_turns(ts, BULK_CONNS_IN_TURNS);
     // `lanes[lane][target]`: block `b` of every transport goes over lane `b % lane_count`.
     let (mut outs, first) = open(ts, "bulk", b"S").await?;
     let mut lanes = vec![first];
@@ -383,11 +385,7 @@ pub(crate) async fn bulk(
         }
         let mut tallies: Vec<Tally> = ts.iter().map(|_| Tally::default()).collect();
         let mut ceiling = CeilingTally::default();
-        let blocks = if ts.len() == 1 {
-            1
-        } else {
-            BULK_BLOCKS_IN_TURNS
-        };
+        let blocks = in_turns(ts, BULK_BLOCKS_IN_TURNS) as u64;
         let block_bytes = o.bulk_total / blocks;
         for block in 0..blocks as usize {
             for i in turns(ts.len(), block) {
@@ -566,11 +564,7 @@ pub(crate) async fn concurrent(ts: &[Target], o: &Opts) -> io::Result<Vec<Out>> 
 
     let mut tallies: Vec<Tally> = ts.iter().map(|_| Tally::default()).collect();
     let mut trips = vec![0u64; ts.len()];
-    let windows = if ts.len() == 1 {
-        1
-    } else {
-        CONC_WINDOWS_IN_TURNS
-    };
+    let windows = in_turns(ts, CONC_WINDOWS_IN_TURNS);
     for window in 0..windows {
         for i in turns(ts.len(), window) {
             give_turn(i);
